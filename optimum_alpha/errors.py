@@ -1,0 +1,25 @@
+"""Exception types raised for user mistakes.
+
+They subclass ``ValueError`` so generic callers can catch them, and carry a message that names the
+problem and the fix. The CLI prints them as one line (no traceback) and exits non-zero.
+"""
+
+
+class AlphaPruningError(ValueError):
+    """Base class of every user-facing error raised by optimum-alpha."""
+
+
+class ConfigError(AlphaPruningError):
+    """An invalid configuration value (sparsity, method, epsilon...)."""
+
+
+class ModelStructureError(AlphaPruningError):
+    """The model's transformer blocks or prunable layers could not be found, or hold invalid weights."""
+
+
+class CalibrationDataError(AlphaPruningError):
+    """A calibration or evaluation source is missing, empty or too short."""
+
+
+class CheckpointError(AlphaPruningError):
+    """A save/load target is invalid (exists, is a file, not writable, bad format)."""
