@@ -1,0 +1,142 @@
+"""``analyze``: the ESD analysis of a model, as a table, ``esd.json`` and plots, before any pruning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import Stages, add_model_arguments, add_output_arguments, check_output_dir, format_table, load_kwargs
+
+NAME = "analyze"
+HELP = "measure each block's weight-spectrum metrics (alpha) and preview the sparsity allocation"
+DESCRIPTION = (
+    "Compute the empirical spectral density (ESD) of every prunable matrix inside the transformer blocks,\n"
+    "fit a power law to its tail (alpha_hill and other metrics), and print the per-block means.\n"
+    "With --output, also write esd.json, the block profile plot and ESD fit plots of selected matrices.\n"
+    "With --sparsity, also print the AlphaPruning allocation that 'prune --allocation alpha' would make.\n\n"
+    "example:\n  optimum-cli alpha-prune analyze smollm2-135m --sparsity 0.7 --output outputs/smollm2-esd"
+)
+# Mirrors optimum_alpha.esd.METRICS (checked by the tests) so that building the parser needs no torch.
+METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+DEFAULT_EPSILON = 0.3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--metric",
+        nargs="+",
+        choices=METRICS,
+        default=list(METRICS),
+        metavar="METRIC",
+        help=f"metrics to compute, any of {', '.join(METRICS)}; the first one drives the plots and the "
+        "allocation (default: all, alpha_hill first)",
+    )
+    add_output_arguments(parser, "esd.json, allocation.json and the PNG plots", "None, print only")
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        metavar="S",
+        help="also print the per-block sparsities that AlphaPruning would allocate for this global target "
+        "(default: None, no allocation)",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=DEFAULT_EPSILON,
+        metavar="E",
+        help="allocation spread: block sparsities range over [1-E, 1+E] times the target (used with --sparsity)",
+    )
+    parser.add_argument(
+        "--esd-plots",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --output, plot the ESD and fitted power law of N matrices, from lowest to highest alpha",
+    )
+
+
+def _selected_matrices(matrices: list, metric: str, count: int) -> list:
+    """The matrices worth looking at: extremes and middle of the metric, evenly spaced in rank."""
+    ranked = sorted(matrices, key=lambda m: m.metrics[metric])
+    if count <= 0 or not ranked:
+        return []
+    if count == 1:
+        return [ranked[len(ranked) // 2]]
+    positions = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)})
+    return [ranked[p] for p in positions]
+
+
+def _write_plots(model, report, metric: str, sparsities: list[float] | None, output: Path, count: int) -> list[Path]:
+    from ..esd import matrix_eigenvalues
+    from ..model_utils import weight_matrix
+    from ..plotting import plot_block_profile, plot_esd_fit
+
+    scores = [block.metrics[metric] for block in report.blocks]
+    written = [plot_block_profile(scores, sparsities, output / f"block_{metric}.png", metric_name=metric)]
+    for matrix in _selected_matrices(report.matrices, metric, count):
+        eigenvalues = matrix_eigenvalues(weight_matrix(model.get_submodule(matrix.name)))
+        alpha = matrix.metrics["alpha_hill"]
+        title = f"{matrix.name}: alpha_hill={alpha:.2f}"
+        written.append(plot_esd_fit(eigenvalues, matrix.xmin, alpha, output / f"esd_{matrix.name}.png", title))
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..allocation import allocate, check_epsilon, check_sparsity
+
+    metrics = list(dict.fromkeys(args.metric))
+    primary = metrics[0]
+    if args.sparsity is not None:
+        check_sparsity(args.sparsity)
+        check_epsilon(args.epsilon)
+    if args.output is not None:
+        check_output_dir(args.output, args.overwrite)
+
+    stages = Stages(3 if args.output is not None else 2)
+    with stages.stage(f"Loading {args.model}"):
+        from ..models import load_model
+
+        model, _ = load_model(args.model, **load_kwargs(args))
+    with stages.stage("ESD analysis"):
+        from ..esd import analyze
+
+        # alpha_hill is always fitted: the ESD plots draw its power law even when it is not displayed.
+        report = analyze(model, metrics=list(dict.fromkeys([*metrics, "alpha_hill"])))
+
+    sparsities = None
+    if args.sparsity is not None:
+        scores, counts = report.scores(primary)
+        sparsities = allocate(scores, counts, args.sparsity, method="alpha", epsilon=args.epsilon)
+
+    headers = ["block", "params", *metrics] + (["sparsity"] if sparsities else [])
+    rows = [
+        [b.index, b.num_params, *(b.metrics[m] for m in metrics)] + ([sparsities[i]] if sparsities else [])
+        for i, b in enumerate(report.blocks)
+    ]
+    print(f"ESD analysis of {args.model}: {len(report.matrices)} matrices in {len(report.blocks)} blocks")
+    print(format_table(headers, rows))
+    if sparsities:
+        total = sum(s * b.num_params for s, b in zip(sparsities, report.blocks)) / sum(b.num_params for b in report.blocks)
+        print(
+            f"allocation (alpha, metric={primary}, epsilon={args.epsilon}): target {args.sparsity:.4f}, "
+            f"weighted mean {total:.4f}, min {min(sparsities):.4f}, max {max(sparsities):.4f}"
+        )
+
+    if args.output is not None:
+        with stages.stage(f"Writing {args.output}"):
+            args.output.mkdir(parents=True, exist_ok=True)
+            report.to_json(args.output / "esd.json")
+            if sparsities:
+                allocation = {
+                    "sparsity": args.sparsity,
+                    "epsilon": args.epsilon,
+                    "metric": primary,
+                    "block_sparsities": sparsities,
+                }
+                (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
+            plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots)
+        print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")
+    return 0

@@ -1,0 +1,104 @@
+"""The shared argparse tree of both entry points, and the error policy of the command line.
+
+``optimum-alpha`` (console script) and ``optimum-cli alpha-prune`` (optimum plug-in) call
+:func:`add_commands` on their own parser, so the two always offer the same commands and flags.
+User mistakes (:class:`~optimum_alpha.errors.AlphaPruningError`, bad flags) are printed as one line
+``error: ...`` on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from . import analyze, evaluate, prune
+
+USAGE_ERROR = 2
+INTERRUPTED = 130
+SUBCOMMANDS = (analyze, prune, evaluate)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and appends ``(default: ...)`` to every flag that lacks it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default:" in text or "%(default)" in text:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are a single ``error: ...`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see '{self.prog} --help')")
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit; the CLI's only way to report a mistake."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``analyze``, ``prune`` and ``eval`` sub-commands to ``parser`` (used by both entry points)."""
+    parser.description = (
+        "AlphaPruning for Hugging Face LLMs: measure each block's heavy-tailed weight spectrum (ESD),\n"
+        "give well-trained blocks (low alpha) less sparsity, and prune with Wanda, SparseGPT or magnitude."
+    )
+    parser.formatter_class = HelpFormatter
+    parser.epilog = (
+        "MODEL is a Hub id, a local folder, a .gguf file, or 'smollm2-135m' (the embedded SmolLM2-135M).\n"
+        "Run '<command> --help' for the flags of each command."
+    )
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="{analyze,prune,eval}", parser_class=OneLineErrorParser
+    )
+    subparsers.required = True
+    for module in SUBCOMMANDS:
+        sub = subparsers.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            formatter_class=HelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def build_parser(prog: str = "optimum-alpha") -> argparse.ArgumentParser:
+    """The parser of the standalone ``optimum-alpha`` console script."""
+    return add_commands(OneLineErrorParser(prog=prog))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors become one line on stderr and exit code 2."""
+    from ..errors import AlphaPruningError
+
+    try:
+        return int(args.handler(args) or 0)
+    except AlphaPruningError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", code=INTERRUPTED)
+
+
+def run_and_exit(args: argparse.Namespace) -> NoReturn:
+    """Entry used by the optimum-cli plug-in: run, then exit with the command's status."""
+    raise SystemExit(run_command(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point of ``optimum-alpha``."""
+    args = build_parser().parse_args(argv)
+    return run_command(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

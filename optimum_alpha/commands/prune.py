@@ -1,0 +1,183 @@
+"""``prune``: the whole pipeline (load, ESD, allocate, prune, evaluate, save, push) with a final summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    Stages,
+    add_eval_arguments,
+    add_model_arguments,
+    add_output_arguments,
+    check_output_dir,
+    format_memory,
+    format_table,
+    load_kwargs,
+    model_slug,
+    peak_memory,
+    positive_int,
+)
+
+NAME = "prune"
+HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/magnitude and save it"
+DESCRIPTION = (
+    "Load MODEL, measure the heavy-tailed spectrum (alpha) of every block, allocate the global sparsity\n"
+    "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
+    "measure perplexity before and after, and save the pruned model (and push it to the Hub).\n"
+    "Flags override the values of --config, which override the defaults below.\n\n"
+    "example:\n"
+    "  optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha \\\n"
+    "      --nsamples 32 --seqlen 512 --eval --max-windows 20 --output outputs/smollm2-135m-alpha-wanda-50"
+)
+# Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
+# while the parser is built, and `optimum-cli --help` must stay instant.
+METHODS = ("wanda", "sparsegpt", "magnitude")
+ALLOCATIONS = ("alpha", "owl", "uniform")
+METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "sparsity": 0.5,
+    "method": "wanda",
+    "allocation": "alpha",
+    "metric": "alpha_hill",
+    "epsilon": 0.3,
+    "max_sparsity": 0.99,
+    "granularity": "block",
+    "calibration_dataset": "c4",
+    "nsamples": 64,
+    "seqlen": None,
+    "seed": 0,
+    "nm": None,
+}
+
+
+def _config_flag(parser: argparse.ArgumentParser, flag: str, field: str, help: str, **kwargs: Any) -> None:
+    """A flag backed by an AlphaPruningConfig field: None when absent, so --config values survive."""
+    default = CONFIG_DEFAULTS[field]
+    parser.add_argument(flag, dest=field, default=None, help=f"{help} (default: {default})", **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="start from this AlphaPruningConfig JSON (as written by to_json_file); flags override it",
+    )
+    _config_flag(parser, "--sparsity", "sparsity", "global fraction of block weights to remove, in [0, 1)",
+                 type=float, metavar="S")
+    _config_flag(parser, "--method", "method", "which weights go inside a layer", choices=METHODS)
+    _config_flag(parser, "--allocation", "allocation",
+                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outlier-weighted) or uniform",
+                 choices=ALLOCATIONS)
+    _config_flag(parser, "--metric", "metric", "ESD metric that drives --allocation alpha", choices=METRICS)
+    _config_flag(parser, "--epsilon", "epsilon",
+                 "alpha allocation spread: block sparsities lie in [1-E, 1+E] times the target",
+                 type=float, metavar="E")
+    _config_flag(parser, "--max-sparsity", "max_sparsity", "no block gets more sparsity than this",
+                 type=float, metavar="S")
+    _config_flag(parser, "--granularity", "granularity", "allocate per block (paper) or per matrix",
+                 choices=("block", "matrix"))
+    _config_flag(parser, "--nm", "nm", "N:M semi-structured pattern such as 2:4 (N kept per M weights)",
+                 metavar="N:M")
+    _config_flag(parser, "--calibration", "calibration_dataset",
+                 "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
+                 metavar="c4|wikitext2|PATH")
+    _config_flag(parser, "--nsamples", "nsamples", "number of calibration windows", type=positive_int,
+                 metavar="N")
+    _config_flag(parser, "--seqlen", "seqlen",
+                 "tokens per calibration (and --eval) window; None means min(2048, model max positions)",
+                 type=positive_int, metavar="N")
+    _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
+    add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
+    parser.add_argument(
+        "--format",
+        choices=("sparse", "dense"),
+        default="sparse",
+        help="sparse: compressed bitmask checkpoint; dense: plain safetensors any transformers can load",
+    )
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO", help="also upload the pruned model to this Hub repo id"
+    )
+    parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
+    add_eval_arguments(parser, prefix="eval-")
+
+
+def resolve_config(args: argparse.Namespace):
+    """AlphaPruningConfig from --config (if any) with every given flag laid over it."""
+    from ..configuration import AlphaPruningConfig
+
+    values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
+    values.update({field: getattr(args, field) for field in CONFIG_DEFAULTS if getattr(args, field) is not None})
+    return AlphaPruningConfig.from_dict(values)
+
+
+def default_output(model: str, config) -> Path:
+    """``outputs/<model>-<allocation>-<method>-<percent>``, e.g. ``outputs/smollm2-135m-alpha-wanda-50``."""
+    percent = f"{config.sparsity * 100:g}".replace(".", "p")
+    return Path("outputs") / f"{model_slug(model)}-{config.allocation}-{config.method}-{percent}"
+
+
+def _perplexity(pruner, args: argparse.Namespace, seqlen: int | None) -> float:
+    from ..evaluate import perplexity
+
+    return perplexity(
+        pruner.model, pruner.tokenizer, dataset=args.eval_dataset, seqlen=seqlen, max_windows=args.max_windows
+    )
+
+
+def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: float, memory: dict) -> None:
+    """Per-block table and totals on stdout: the result a user reads after the progress bars."""
+    score_name = config.metric if config.allocation == "alpha" else "score"
+    rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
+    print()
+    print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
+    print(format_table(["block", score_name, "allocated", "achieved"], rows))
+    print(f"total sparsity: {report.total_sparsity:.4f} (target {config.sparsity:.4f})")
+    if ppl:
+        before, after = ppl["before"], ppl["after"]
+        print(f"perplexity ({ppl['dataset']}): before {before:.3f}, after {after:.3f} ({after / before:.2f}x)")
+    print(f"time: {elapsed:.1f} s, peak memory: {format_memory(memory)}")
+    print(f"saved to: {output}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    output = args.output if args.output is not None else default_output(args.model, config)
+    check_output_dir(output, args.overwrite)
+    if isinstance(config.calibration_dataset, str):
+        from ..data import load_texts
+
+        load_texts(config.calibration_dataset)  # a wrong name or path fails now, not after loading the model
+
+    start = time.perf_counter()
+    stages = Stages(3 + 2 * bool(args.eval) + bool(args.push_to_hub))
+    with stages.stage(f"Loading {args.model} and analysing its ESD"):
+        from ..pruner import AlphaPruner
+
+        pruner = AlphaPruner.from_pretrained(args.model, **load_kwargs(args))
+    ppl: dict[str, Any] = {}
+    if args.eval:
+        with stages.stage(f"Perplexity of the dense model on {args.eval_dataset}"):
+            ppl["before"] = _perplexity(pruner, args, config.seqlen)
+        print(f"perplexity before pruning: {ppl['before']:.3f}", flush=True)
+    with stages.stage(f"Pruning to {config.sparsity:.0%} ({config.allocation} allocation, {config.method})"):
+        _, report = pruner.prune(config)
+    if args.eval:
+        with stages.stage(f"Perplexity of the pruned model on {args.eval_dataset}"):
+            ppl["after"] = _perplexity(pruner, args, config.seqlen)
+        ppl["dataset"] = args.eval_dataset
+    with stages.stage(f"Saving to {output} ({args.format})"):
+        pruner.save_pretrained(output, format=args.format, overwrite=args.overwrite)
+        summary = {"report": report.to_dict(), "perplexity": ppl, "peak_memory_mib": peak_memory()}
+        (Path(output) / "prune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.push_to_hub:
+        with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
+            pruner.push_to_hub(args.push_to_hub)
+    print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
+    return 0
