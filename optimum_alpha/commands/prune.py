@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -164,18 +163,16 @@ def run(args: argparse.Namespace) -> int:
     ppl: dict[str, Any] = {}
     if args.eval:
         with stages.stage(f"Perplexity of the dense model on {args.eval_dataset}"):
-            ppl["before"] = _perplexity(pruner, args, config.seqlen)
+            ppl["before"] = pruner.perplexity["dense"] = _perplexity(pruner, args, config.seqlen)
         print(f"perplexity before pruning: {ppl['before']:.3f}", flush=True)
     with stages.stage(f"Pruning to {config.sparsity:.0%} ({config.allocation} allocation, {config.method})"):
         _, report = pruner.prune(config)
     if args.eval:
         with stages.stage(f"Perplexity of the pruned model on {args.eval_dataset}"):
-            ppl["after"] = _perplexity(pruner, args, config.seqlen)
+            ppl["after"] = pruner.perplexity["pruned"] = _perplexity(pruner, args, config.seqlen)
         ppl["dataset"] = args.eval_dataset
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, overwrite=args.overwrite)
-        summary = {"report": report.to_dict(), "perplexity": ppl, "peak_memory_mib": peak_memory()}
-        (Path(output) / "prune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
             pruner.push_to_hub(args.push_to_hub)

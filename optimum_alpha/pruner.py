@@ -1,0 +1,275 @@
+"""``AlphaPruner``: load a causal LM, analyse its spectra, allocate sparsity and prune block by block.
+
+Follows optimum's quantizer pattern (``OptimumQuantizer``: ``from_pretrained`` + ``quantize``), with
+:meth:`AlphaPruner.prune` as the main entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import align_module_device
+from optimum.quantization_base import OptimumQuantizer
+from torch import nn
+from tqdm.auto import tqdm
+
+from .allocation import allocate
+from .calibration import BlockInputs, capture_block_inputs, run_block
+from .configuration import AlphaPruningConfig
+from .data import calibration_windows
+from .errors import AlphaPruningError, ConfigError
+from .esd import ESDReport, analyze
+from .evaluate import max_positions
+from .model_utils import check_finite, find_blocks, find_prunable_layers, set_weight_matrix, weight_matrix
+from .models import load_model
+from .pruning import get_pruner_class
+from .report import BlockReport, PruningReport, layer_sparsity
+
+logger = logging.getLogger(__name__)
+
+
+class AlphaPruner(OptimumQuantizer):
+    """Holds a model, its tokenizer and its ESD analysis; prunes it in place with :meth:`prune`."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, source: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.esd_report: ESDReport | None = None
+        self.last_report: PruningReport | None = None
+        self.blocks_path, self.blocks = find_blocks(model)
+        self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_path: Any,
+        file_name: str | None = None,
+        tokenizer: Any = None,
+        run_analysis: bool = True,
+        fix_finger: str = "reference",
+        show_progress: bool = True,
+        **from_pretrained_kwargs: Any,
+    ) -> "AlphaPruner":
+        """Wrap a loaded model, or load one (hub id, folder, ``.gguf`` file, ``"smollm2-135m"``) through
+        ``AutoModelForCausalLM.from_pretrained`` with ``from_pretrained_kwargs`` (``device_map``, ``dtype``...),
+        then run the ESD analysis. ``file_name`` is a GGUF file inside the given folder."""
+        if isinstance(model_or_path, nn.Module):
+            model, source = model_or_path, getattr(getattr(model_or_path, "config", None), "_name_or_path", None)
+        else:
+            if file_name is not None:
+                from_pretrained_kwargs.setdefault("gguf_file", file_name)
+                from_pretrained_kwargs.setdefault("dtype", torch.float32)
+            model, loaded_tokenizer = load_model(model_or_path, **from_pretrained_kwargs)
+            tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+            source = str(model_or_path)
+        pruner = cls(model, tokenizer, source)
+        if run_analysis:
+            pruner.analyze(fix_finger=fix_finger, show_progress=show_progress)
+        return pruner
+
+    def analyze(self, fix_finger: str = "reference", show_progress: bool = True) -> ESDReport:
+        """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights."""
+        self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress)  # type: ignore[arg-type]
+        return self.esd_report
+
+    # ----------------------------------------------------------------------------------------- allocation
+    def _layer_names(self) -> list[tuple[int, str, nn.Module]]:
+        return [
+            (i, f"{self.blocks_path}.{i}.{name}", layer)
+            for i, block in enumerate(self.blocks)
+            for name, layer in find_prunable_layers(block, i).items()
+        ]
+
+    def allocate(self, config: AlphaPruningConfig) -> tuple[dict[str, float], list[float | None]]:
+        """Per-layer target sparsities and per-block scores (None when no score is used)."""
+        layers = self._layer_names()
+        n_blocks = len(self.blocks)
+        if config.nm_pattern is not None:
+            n, m = config.nm_pattern
+            return {name: 1.0 - n / m for _, name, _ in layers}, [None] * n_blocks
+        if config.allocation == "uniform":
+            return {name: float(config.sparsity) for _, name, _ in layers}, [None] * n_blocks
+        if config.allocation == "owl":
+            raise ConfigError("The 'owl' allocation is not available in this version; use 'alpha' or 'uniform'.")
+        report = self.esd_report
+        if report is None or report.fix_finger != config.fix_finger:
+            report = self.analyze(fix_finger=config.fix_finger)
+        scores, counts = report.scores(config.metric, config.granularity)
+        sparsities = allocate(
+            scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=config.max_sparsity
+        )
+        block_scores = [b.metrics[config.metric] for b in report.blocks]
+        if config.granularity == "block":
+            return {name: sparsities[i] for i, name, _ in layers}, block_scores
+        by_name = {m.name: s for m, s in zip(report.matrices, sparsities)}
+        return {name: by_name[name] for _, name, _ in layers}, block_scores
+
+    # -------------------------------------------------------------------------------------------- pruning
+    def _calibration_inputs(self, config: AlphaPruningConfig) -> tuple[BlockInputs, dict[str, Any]]:
+        if self.tokenizer is None:
+            raise AlphaPruningError(
+                f"Method {config.method!r} needs calibration text, hence a tokenizer, and this model has none; "
+                "pass tokenizer= to AlphaPruner.from_pretrained or use method='magnitude'."
+            )
+        seqlen = config.resolve_seqlen(max_positions(self.model))
+        ids = calibration_windows(
+            self.tokenizer, config.calibration_dataset, config.nsamples, seqlen, config.seed
+        )
+        inputs = capture_block_inputs(self.model, self.blocks[0], ids)
+        details = {
+            "dataset": config.to_dict()["calibration_dataset"],
+            "nsamples": config.nsamples,
+            "seqlen": seqlen,
+            "seed": config.seed,
+            "tokens": int(ids.numel()),
+        }
+        logger.info("Calibration: %d windows of %d tokens from %s", config.nsamples, seqlen, details["dataset"])
+        return inputs, details
+
+    @torch.no_grad()
+    def prune(self, config: AlphaPruningConfig | None = None, show_progress: bool = True):
+        """Allocate sparsities and prune every block in place; returns ``(model, PruningReport)``.
+
+        Blocks are processed in order. Each block's new weights are all computed before any is written, so an
+        interruption (KeyboardInterrupt or error) leaves blocks ``0..k-1`` fully pruned and the others
+        untouched; ``self.last_report`` then lists the completed blocks with ``completed=False``.
+        """
+        config = config or AlphaPruningConfig()
+        start = time.perf_counter()
+        targets, block_scores = self.allocate(config)
+        pruner_cls = get_pruner_class(config.method)
+        report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
+        self.last_report = report
+        inputs = None
+        if pruner_cls.needs_calibration:
+            inputs, report.calibration = self._calibration_inputs(config)
+        nm = config.nm_pattern
+        progress = tqdm(list(enumerate(self.blocks)), desc=f"Pruning ({config.method})", unit="block",
+                        disable=not show_progress)
+        for index, block in progress:
+            block_start = time.perf_counter()
+            layers = find_prunable_layers(block, index)
+            names = {local: f"{self.blocks_path}.{index}.{local}" for local in layers}
+            pruners = {local: pruner_cls(layer, names[local]) for local, layer in layers.items()}
+            if inputs is not None:
+                self._collect_statistics(block, layers, pruners, inputs)
+            new_weights = {}
+            for local, layer in layers.items():
+                with align_module_device(layer):
+                    weight = weight_matrix(layer)
+                    check_finite(weight, names[local])
+                    new_weights[local] = pruners[local].prune(weight, targets[names[local]], nm)
+                pruners[local].free()
+            achieved, params = self._write_block(layers, new_weights, names, report)
+            if inputs is not None:
+                inputs.hidden_states = run_block(block, inputs)
+            report.blocks.append(
+                BlockReport(
+                    index=index,
+                    score=block_scores[index],
+                    target_sparsity=sum(targets[names[k]] * weight_numel(layers[k]) for k in layers) / params,
+                    achieved_sparsity=achieved / params,
+                    num_params=params,
+                    seconds=time.perf_counter() - block_start,
+                )
+            )
+            report.elapsed_s = time.perf_counter() - start
+        report.completed = True
+        logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
+        return self.model, report
+
+    @staticmethod
+    def _collect_statistics(block: nn.Module, layers: dict[str, nn.Module], pruners: dict, inputs: BlockInputs) -> None:
+        """One pass of the dense block over the calibration set, feeding every layer's inputs to its pruner."""
+
+        def make_hook(local: str):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                pruners[local].add_batch(args[0].detach())
+
+            return hook
+
+        handles = [layer.register_forward_hook(make_hook(local)) for local, layer in layers.items()]
+        try:
+            run_block(block, inputs, keep_outputs=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @staticmethod
+    def _write_block(layers: dict[str, nn.Module], new_weights: dict[str, torch.Tensor],
+                     names: dict[str, str], report: PruningReport) -> tuple[float, int]:
+        """Write every new weight back; returns (zeros, parameters) of the block."""
+        zeros, params = 0.0, 0
+        for local, layer in layers.items():
+            weight = new_weights[local]
+            write_layer_weight(layer, weight)
+            sparsity = layer_sparsity(weight)
+            report.layers[names[local]] = sparsity
+            zeros += sparsity * weight.numel()
+            params += weight.numel()
+        return zeros, params
+
+    # ------------------------------------------------------------------------------------- optimum API
+    def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
+        """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
+        save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
+        self.prune(AlphaPruningConfig(**kwargs))
+        return self.save_pretrained(save_dir, **save_kwargs)
+
+    def metadata(self) -> dict[str, Any]:
+        """What ``alpha_pruning.json`` and the model card record about the run."""
+        from . import __version__
+
+        report = self.last_report
+        return {
+            "library": "optimum-alpha",
+            "version": __version__,
+            "base_model": self.source,
+            "config": report.config if report else None,
+            "metric": report.config.get("metric") if report else None,
+            "blocks": [
+                {"index": b.index, "score": b.score, "target_sparsity": b.target_sparsity,
+                 "achieved_sparsity": b.achieved_sparsity}
+                for b in (report.blocks if report else [])
+            ],
+            "layers": report.layers if report else {},
+            "total_sparsity": report.total_sparsity if report else None,
+            "calibration": report.calibration if report else {},
+            "perplexity": dict(self.perplexity),
+            "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],
+        }
+
+    def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
+                        overwrite: bool = False) -> Path:
+        """Save the pruned model (``sparse`` bitmask or ``dense`` safetensors), tokenizer, metadata and card."""
+        from .checkpoint import save_pruned
+
+        path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,
+                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata())
+        self.saved_path = Path(path)
+        return self.saved_path
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None, save_dir: str | Path | None = None) -> str:
+        """Upload the saved folder (``save_pretrained`` first) to the Hub; returns the repo URL."""
+        from .checkpoint import push_folder_to_hub
+
+        folder = Path(save_dir) if save_dir is not None else getattr(self, "saved_path", None)
+        if folder is None:
+            raise AlphaPruningError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
+        return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def weight_numel(layer: nn.Module) -> int:
+    return layer.weight.numel()
+
+
+def write_layer_weight(layer: nn.Module, matrix: torch.Tensor) -> None:
+    """Write a pruned (out, in) matrix into the layer wherever its weight lives."""
+    with align_module_device(layer):
+        set_weight_matrix(layer, matrix)

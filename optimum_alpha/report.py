@@ -1,0 +1,56 @@
+"""What a pruning run did: per-block targets and achieved sparsities, per-layer sparsities, timing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+def layer_sparsity(weight: torch.Tensor) -> float:
+    """Fraction of exact zeros in a weight."""
+    return float((weight == 0).sum()) / weight.numel()
+
+
+@dataclass
+class BlockReport:
+    index: int
+    score: float | None
+    target_sparsity: float
+    achieved_sparsity: float
+    num_params: int
+    seconds: float
+
+
+@dataclass
+class PruningReport:
+    config: dict[str, Any]
+    blocks: list[BlockReport] = field(default_factory=list)
+    layers: dict[str, float] = field(default_factory=dict)
+    layer_targets: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    completed: bool = False
+
+    @property
+    def total_sparsity(self) -> float:
+        """Parameter-weighted achieved sparsity over the pruned blocks."""
+        params = sum(b.num_params for b in self.blocks)
+        return sum(b.achieved_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["total_sparsity"] = self.total_sparsity
+        return data
+
+    def summary(self) -> str:
+        """A plain-text table of the blocks."""
+        lines = [f"{'block':>5} {'score':>9} {'target':>8} {'achieved':>9} {'time s':>7}"]
+        for b in self.blocks:
+            score = f"{b.score:9.4f}" if b.score is not None else f"{'-':>9}"
+            lines.append(
+                f"{b.index:>5} {score} {b.target_sparsity:8.4f} {b.achieved_sparsity:9.4f} {b.seconds:7.2f}"
+            )
+        lines.append(f"total sparsity {self.total_sparsity:.4f} in {self.elapsed_s:.1f} s")
+        return "\n".join(lines)
