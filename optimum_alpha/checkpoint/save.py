@@ -100,7 +100,7 @@ def prunable_weight_keys(model: nn.Module) -> dict[str, torch.Tensor]:
 
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     seen: dict[int, int] = {}
-    for param in model.parameters(remove_duplicate=False):
+    for _, param in model.named_parameters(remove_duplicate=False):
         seen[id(param)] = seen.get(id(param), 0) + 1
     found: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
