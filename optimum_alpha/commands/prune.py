@@ -138,6 +138,9 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
     print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
     print(format_table(["block", score_name, "allocated", "achieved"], rows))
     print(f"total sparsity: {report.total_sparsity:.4f} (target {config.sparsity:.4f})")
+    if report.calibration:
+        cal = report.calibration
+        print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
     if ppl:
         before, after = ppl["before"], ppl["after"]
         print(f"perplexity ({ppl['dataset']}): before {before:.3f}, after {after:.3f} ({after / before:.2f}x)")
