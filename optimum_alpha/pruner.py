@@ -143,6 +143,7 @@ class AlphaPruner(OptimumQuantizer):
         start = time.perf_counter()
         targets, block_scores = self.allocate(config)
         pruner_cls = get_pruner_class(config.method)
+        options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
         report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
         self.last_report = report
         inputs = None
@@ -155,7 +156,7 @@ class AlphaPruner(OptimumQuantizer):
             block_start = time.perf_counter()
             layers = find_prunable_layers(block, index)
             names = {local: f"{self.blocks_path}.{index}.{local}" for local in layers}
-            pruners = {local: pruner_cls(layer, names[local]) for local, layer in layers.items()}
+            pruners = {local: pruner_cls(layer, names[local], **options) for local, layer in layers.items()}
             if inputs is not None:
                 self._collect_statistics(block, layers, pruners, inputs)
             new_weights = {}

@@ -1,0 +1,126 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune column by column and update the remaining columns to
+compensate, using the inverse Hessian H⁻¹ of the layer-wise reconstruction loss ‖WX − ŴX‖².
+
+For a Linear layer, H = 2·XᵀX/n over the n calibration tokens. Going over the columns j in order, the
+error of zeroing weights in column j, divided by [H⁻¹]_jj, is spread onto the columns not yet visited
+through row j of the upper Cholesky factor of H⁻¹ (the paper's OBS update). Which weights go is chosen
+adaptively per block of ``blocksize`` columns by the OBS saliency w²/[H⁻¹]²_jj of the already updated
+weights; updates to later blocks are applied lazily, once per block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from .base import LayerPruner, register_pruner
+from .masks import count_to_prune, nm_mask
+
+
+@register_pruner("sparsegpt")
+class SparseGPTPruner(LayerPruner):
+    """Accumulates the layer Hessian over the calibration tokens, then prunes with OBS updates."""
+
+    def __init__(self, layer, name: str, percdamp: float = 0.01, blocksize: int = 128) -> None:
+        super().__init__(layer, name)
+        if percdamp < 0:
+            raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
+        if blocksize < 1:
+            raise ConfigError(f"blocksize must be >= 1, got {blocksize}.")
+        self.percdamp = float(percdamp)
+        self.blocksize = int(blocksize)
+        self.hessian: torch.Tensor | None = None  # running mean of 2·xxᵀ, float32, (in, in)
+        self.tokens = 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        # A running mean (rescale, then add the new share) keeps H bounded however many tokens are seen.
+        flat = inputs.reshape(-1, inputs.shape[-1]).float()
+        count = flat.shape[0]
+        if count == 0:
+            return
+        if self.hessian is None:
+            self.hessian = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=flat.device)
+        total = self.tokens + count
+        self.hessian.mul_(self.tokens / total)
+        scaled = flat * (2.0 / total) ** 0.5
+        self.hessian.addmm_(scaled.T, scaled)
+        self.tokens = total
+
+    def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
+        if self.hessian is None:
+            raise RuntimeError(f"SparseGPT needs calibration inputs for {self.name}, but none were recorded.")
+        rows, cols = weight.shape
+        if nm is not None and cols % nm[1]:
+            raise ConfigError(
+                f"N:M pattern {nm[0]}:{nm[1]} needs the input dimension to be a multiple of M, but {self.name} "
+                f"has {cols}; choose an M that divides it."
+            )
+        w = weight.detach().to(device=self.hessian.device, dtype=torch.float32).clone()
+        inverse_factor = self._inverse_hessian_factor(w)
+        pruned = self._prune_columns(w, inverse_factor, sparsity, nm)
+        return pruned.to(device=weight.device, dtype=weight.dtype)
+
+    def _inverse_hessian_factor(self, w: torch.Tensor) -> torch.Tensor:
+        """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), after handling dead inputs and dampening H."""
+        h = self.hessian.clone()
+        dead = torch.diag(h) == 0
+        # An input that is always zero carries no signal: its weights can go, and a unit diagonal keeps H
+        # invertible without coupling that column to the others.
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
+        damp = self.percdamp * torch.mean(torch.diag(h))
+        h.diagonal().add_(damp)
+        try:
+            lower = torch.linalg.cholesky(h)
+        except torch.linalg.LinAlgError as err:
+            raise ConfigError(
+                f"The Hessian of {self.name} is not positive definite even after dampening with "
+                f"percdamp={self.percdamp}; raise percdamp (e.g. 0.1) or use more calibration samples."
+            ) from err
+        h_inv = torch.cholesky_inverse(lower)
+        return torch.linalg.cholesky(h_inv, upper=True)
+
+    def _prune_columns(
+        self, w: torch.Tensor, u: torch.Tensor, sparsity: float, nm: tuple[int, int] | None
+    ) -> torch.Tensor:
+        rows, cols = w.shape
+        block = self.blocksize
+        if nm is not None:  # N:M groups must not straddle two blocks
+            block = -(-block // nm[1]) * nm[1]
+        total_to_prune = count_to_prune(rows * cols, sparsity)
+        for start in range(0, cols, block):
+            end = min(start + block, cols)
+            w_block = w[:, start:end].clone()
+            u_block = u[start:end, start:end]
+            diag = torch.diag(u_block)
+            errors = torch.zeros_like(w_block)
+            mask = torch.zeros_like(w_block, dtype=torch.bool)
+            if nm is None:
+                # Per-block counts from a cumulative rounding, so the blocks add up to the exact total.
+                before = count_to_prune(rows * start, sparsity) if start else 0
+                after = total_to_prune if end == cols else count_to_prune(rows * end, sparsity)
+                mask = _lowest(w_block.pow(2) / diag.pow(2)[None, :], after - before)
+            for j in range(end - start):
+                if nm is not None and j % nm[1] == 0:
+                    group = slice(j, j + nm[1])
+                    saliency = w_block[:, group].pow(2) / diag[group].pow(2)[None, :]
+                    mask[:, group] = nm_mask(saliency, *nm)
+                column = w_block[:, j]
+                kept = column.masked_fill(mask[:, j], 0.0)
+                error = (column - kept) / diag[j]
+                # OBS update of the columns to the right of j within the block.
+                w_block[:, j:].sub_(error[:, None] * u_block[j, j:][None, :])
+                w_block[:, j] = kept
+                errors[:, j] = error
+            w[:, start:end] = w_block
+            # Lazy batch update of every later column with this block's accumulated errors.
+            w[:, end:].sub_(errors @ u[start:end, end:])
+        return w
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the ``count`` lowest scores of the matrix (ties broken by position)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        mask[torch.sort(scores.flatten(), stable=True).indices[:count]] = True
+    return mask.view_as(scores)
