@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import Stages, add_model_arguments, add_output_arguments, check_output_dir, format_table, load_kwargs
+from .common import (
+    Stages,
+    add_model_arguments,
+    add_output_arguments,
+    check_output_dir,
+    format_table,
+    load_kwargs,
+)
 
 NAME = "analyze"
 HELP = "measure each block's weight-spectrum metrics (alpha) and preview the sparsity allocation"
@@ -47,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_EPSILON,
         metavar="E",
-        help="allocation spread: block sparsities range over [1-E, 1+E] times the target (used with --sparsity)",
+        help="with --sparsity: the allocation spread, block sparsities lie in [1-E, 1+E] times the target",
     )
     parser.add_argument(
         "--esd-plots",
@@ -69,7 +76,9 @@ def _selected_matrices(matrices: list, metric: str, count: int) -> list:
     return [ranked[p] for p in positions]
 
 
-def _write_plots(model, report, metric: str, sparsities: list[float] | None, output: Path, count: int) -> list[Path]:
+def _write_plots(
+    model, report, metric: str, sparsities: list[float] | None, output: Path, count: int
+) -> list[Path]:
     from ..esd import matrix_eigenvalues
     from ..model_utils import weight_matrix
     from ..plotting import plot_block_profile, plot_esd_fit
@@ -80,7 +89,8 @@ def _write_plots(model, report, metric: str, sparsities: list[float] | None, out
         eigenvalues = matrix_eigenvalues(weight_matrix(model.get_submodule(matrix.name)))
         alpha = matrix.metrics["alpha_hill"]
         title = f"{matrix.name}: alpha_hill={alpha:.2f}"
-        written.append(plot_esd_fit(eigenvalues, matrix.xmin, alpha, output / f"esd_{matrix.name}.png", title))
+        path = output / f"esd_{matrix.name}.png"
+        written.append(plot_esd_fit(eigenvalues, matrix.xmin, alpha, path, title))
     return written
 
 
@@ -119,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"ESD analysis of {args.model}: {len(report.matrices)} matrices in {len(report.blocks)} blocks")
     print(format_table(headers, rows))
     if sparsities:
-        total = sum(s * b.num_params for s, b in zip(sparsities, report.blocks)) / sum(b.num_params for b in report.blocks)
+        params = [b.num_params for b in report.blocks]
+        total = sum(s * p for s, p in zip(sparsities, params)) / sum(params)
         print(
             f"allocation (alpha, metric={primary}, epsilon={args.epsilon}): target {args.sparsity:.4f}, "
             f"weighted mean {total:.4f}, min {min(sparsities):.4f}, max {max(sparsities):.4f}"

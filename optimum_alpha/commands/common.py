@@ -66,9 +66,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> Non
 def add_output_arguments(parser: argparse.ArgumentParser, what: str, default_text: str) -> None:
     """``--output DIR`` and ``--overwrite``: an existing non-empty folder is only replaced on request."""
     parser.add_argument(
-        "--output", type=Path, default=None, metavar="DIR", help=f"folder for {what} (default: {default_text})"
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder for {what} (default: {default_text})",
     )
-    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing non-empty --output")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="allow replacing an existing non-empty --output"
+    )
 
 
 def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +117,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return str(value)
 
     text_rows = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text_rows)) if text_rows else len(h) for i, h in enumerate(headers)]
+    widths = [max([len(h)] + [len(r[i]) for r in text_rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text_rows]

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="S")
     _config_flag(parser, "--method", "method", "which weights go inside a layer", choices=METHODS)
     _config_flag(parser, "--allocation", "allocation",
-                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outlier-weighted) or uniform",
+                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outliers) or uniform",
                  choices=ALLOCATIONS)
     _config_flag(parser, "--metric", "metric", "ESD metric that drives --allocation alpha", choices=METRICS)
     _config_flag(parser, "--epsilon", "epsilon",
@@ -112,7 +112,8 @@ def resolve_config(args: argparse.Namespace):
     from ..configuration import AlphaPruningConfig
 
     values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
-    values.update({field: getattr(args, field) for field in CONFIG_DEFAULTS if getattr(args, field) is not None})
+    given = {field: getattr(args, field) for field in CONFIG_DEFAULTS}
+    values.update({field: value for field, value in given.items() if value is not None})
     return AlphaPruningConfig.from_dict(values)
 
 
@@ -143,7 +144,8 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
     if ppl:
         before, after = ppl["before"], ppl["after"]
-        print(f"perplexity ({ppl['dataset']}): before {before:.3f}, after {after:.3f} ({after / before:.2f}x)")
+        ratio = after / before
+        print(f"perplexity ({ppl['dataset']}): before {before:.3f}, after {after:.3f} ({ratio:.2f}x)")
     print(f"time: {elapsed:.1f} s, peak memory: {format_memory(memory)}")
     print(f"saved to: {output}")
 
