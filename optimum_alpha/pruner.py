@@ -24,8 +24,9 @@ from .data import calibration_windows
 from .errors import AlphaPruningError, ConfigError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
-from .model_utils import check_finite, find_blocks, find_prunable_layers, set_weight_matrix, weight_matrix
+from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
 from .models import load_model
+from .offload import write_layer_weight
 from .pruning import get_pruner_class
 from .report import BlockReport, PruningReport, layer_sparsity
 
@@ -268,9 +269,3 @@ class AlphaPruner(OptimumQuantizer):
 
 def weight_numel(layer: nn.Module) -> int:
     return layer.weight.numel()
-
-
-def write_layer_weight(layer: nn.Module, matrix: torch.Tensor) -> None:
-    """Write a pruned (out, in) matrix into the layer wherever its weight lives."""
-    with align_module_device(layer):
-        set_weight_matrix(layer, matrix)
