@@ -85,6 +85,8 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
     log10(0.95·p) is compared with raw eigenvalues) or 0.95·p ≤ λ_i ≤ 1.5·p (``"strict"``). The candidate with
     the smallest KS distance wins; all candidates are evaluated at once with suffix sums (no Python loop).
     """
+    if fix_finger not in ("reference", "strict"):
+        raise ConfigError(f"Unknown fix_finger mode {fix_finger!r}; use 'reference' or 'strict'.")
     lam = _nonzero(torch.sort(eigenvalues.to(torch.float64)).values, name)
     n_total = lam.numel()
     log_lam = torch.log(lam)
@@ -97,8 +99,6 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
         peak = float(lam[0])
     upper = 1.5 * peak
     lower = 0.95 * peak if fix_finger == "strict" else 0.0
-    if fix_finger not in ("reference", "strict"):
-        raise ConfigError(f"Unknown fix_finger mode {fix_finger!r}; use 'reference' or 'strict'.")
     candidates = torch.nonzero((lam <= upper) & (lam >= lower)).flatten()
     candidates = candidates[candidates <= n_total - 2]  # a tail needs at least 2 values
     if candidates.numel() == 0:
