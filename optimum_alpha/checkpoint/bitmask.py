@@ -19,14 +19,7 @@ import torch
 SUFFIXES: tuple[str, ...] = ("compressed", "bitmask", "row_offsets", "shape")
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
-_BIT_WEIGHTS_CACHE: dict[torch.device, torch.Tensor] = {}
-
-
-def _bit_weights(device: torch.device) -> torch.Tensor:
-    """Return ``[1, 2, 4, ..., 128]`` as uint8 on ``device`` (bit ``i`` is element ``i`` of a byte)."""
-    if device not in _BIT_WEIGHTS_CACHE:
-        _BIT_WEIGHTS_CACHE[device] = (2 ** torch.arange(8, dtype=torch.int32)).to(torch.uint8).to(device)
-    return _BIT_WEIGHTS_CACHE[device]
+_GATHER = 0x0102040810204080  # byte j holds 0x80 >> j
 
 
 def module_prefix(weight_name: str) -> str:
@@ -40,13 +33,17 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     pad = (-cols) % 8
     if pad:
         mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-    groups = mask.reshape(rows, -1, 8).to(torch.uint8)
-    return (groups * _bit_weights(mask.device)).sum(dim=-1, dtype=torch.uint8)
+    # Read each group of 8 one-byte booleans as one int64; one multiply gathers byte i's low bit into
+    # bit 56 + i (no carries, the partial products never overlap), the shift brings them down.
+    as_int64 = mask.contiguous().view(torch.uint8).view(torch.int64)
+    gathered = (as_int64 * _GATHER).bitwise_right_shift(56).bitwise_and(0xFF)
+    return gathered.to(torch.uint8).reshape(rows, (cols + pad) // 8)
 
 
 def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """Inverse of :func:`pack_mask`: boolean ``[rows, cols]``."""
-    bits = packed.unsqueeze(-1).bitwise_and(_bit_weights(packed.device)).ne(0)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = packed.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1).to(torch.bool)
     return bits.reshape(packed.shape[0], -1)[:, :cols]
 
 
@@ -58,14 +55,18 @@ def compressed_nbytes(weight: torch.Tensor, nonzero: int | None = None) -> int:
     return nonzero * weight.element_size() + rows * ((cols + 7) // 8) + rows * 8 + 2 * 8
 
 
-def worth_compressing(weight: torch.Tensor) -> bool:
-    """True when ``weight`` is a supported 2-D float tensor whose bitmask form is smaller than dense."""
+def worth_compressing(weight: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
+    """True when ``weight`` is a supported 2-D float tensor whose bitmask form is smaller than dense.
+
+    ``mask`` (``weight != 0``) may be passed in to avoid computing it twice.
+    """
     if weight.dim() != 2 or weight.dtype not in SUPPORTED_DTYPES or weight.numel() == 0:
         return False
-    return compressed_nbytes(weight) < weight.numel() * weight.element_size()
+    nonzero = int(torch.count_nonzero(weight != 0 if mask is None else mask))
+    return compressed_nbytes(weight, nonzero) < weight.numel() * weight.element_size()
 
 
-def compress(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+def compress(weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Compress a 2-D weight; returns the four tensors keyed by their suffix (see module docstring).
 
     Exact zeros (including ``-0.0``) are the pruned entries; every other value, NaN included, is
@@ -76,11 +77,11 @@ def compress(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     if weight.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"bitmask compression supports {SUPPORTED_DTYPES}, got {weight.dtype}")
     weight = weight.detach().contiguous()
-    mask = weight != 0
     # `-0.0 != 0` is False, so negative zeros are dropped and come back as +0.0: both are pruned entries.
-    row_counts = mask.sum(dim=1, dtype=torch.int64)
+    mask = weight != 0 if mask is None else mask
+    row_counts = torch.count_nonzero(mask, dim=1).to(torch.int64)
     return {
-        "compressed": weight[mask],
+        "compressed": torch.masked_select(weight, mask),
         "bitmask": pack_mask(mask),
         "row_offsets": torch.cumsum(row_counts, 0) - row_counts,
         "shape": torch.tensor(list(weight.shape), dtype=torch.int64, device=weight.device),
@@ -104,10 +105,10 @@ def decompress(
     rows, cols = dims
     if tuple(bitmask.shape) != (rows, (cols + 7) // 8):
         raise ValueError(f"bitmask of shape {tuple(bitmask.shape)} does not fit a dense shape {dims}")
-    mask = unpack_mask(bitmask, cols)
-    kept = int(mask.sum())
+    mask = unpack_mask(bitmask, cols).to(compressed.device)
+    kept = int(torch.count_nonzero(mask))
     if kept != compressed.numel():
         raise ValueError(f"bitmask marks {kept} kept values but {compressed.numel()} values are stored")
     dense = torch.zeros((rows, cols), dtype=compressed.dtype, device=compressed.device)
-    dense[mask.to(compressed.device)] = compressed
+    dense.masked_scatter_(mask, compressed)  # fills the kept positions in row-major order
     return dense if dtype is None else dense.to(dtype)

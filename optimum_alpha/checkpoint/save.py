@@ -113,23 +113,28 @@ def prunable_weight_keys(model: nn.Module) -> dict[str, torch.Tensor]:
     return found
 
 
+def _zero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Module name -> (zeros, numel) for every prunable weight."""
+    counts = {}
+    for key, weight in prunable_weight_keys(model).items():
+        numel = weight.numel()
+        counts[key.removesuffix(".weight")] = (numel - int(torch.count_nonzero(weight.detach() != 0)), numel)
+    return counts
+
+
 def layer_sparsities(model: nn.Module) -> dict[str, float]:
     """Fraction of exact zeros in each prunable weight, keyed by module name."""
-    result = {}
-    for key, weight in prunable_weight_keys(model).items():
-        result[key.removesuffix(".weight")] = float((weight == 0).sum()) / max(weight.numel(), 1)
-    return result
+    return {name: zeros / max(numel, 1) for name, (zeros, numel) in _zero_counts(model).items()}
 
 
 def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
-    data = json.loads(json.dumps(metadata)) if metadata else {}  # deep copy and JSON-serialisable check
+    data = json.loads(json.dumps(metadata)) if metadata else {}  # a deep copy we may extend
+    counts = _zero_counts(model)
     if not data.get("layers"):
-        data["layers"] = layer_sparsities(model)
+        data["layers"] = {name: zeros / max(numel, 1) for name, (zeros, numel) in counts.items()}
     if "achieved_sparsity" not in data:
-        weights = prunable_weight_keys(model)
-        total = sum(w.numel() for w in weights.values())
-        zeros = sum(int((w == 0).sum()) for w in weights.values())
-        data["achieved_sparsity"] = zeros / total if total else 0.0
+        total = sum(numel for _, numel in counts.values())
+        data["achieved_sparsity"] = sum(zeros for zeros, _ in counts.values()) / total if total else 0.0
     if data.get("base_model") is None:
         data["base_model"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     data["library_version"] = library_version()

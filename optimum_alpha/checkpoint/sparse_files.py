@@ -62,9 +62,10 @@ def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
             tensors: dict[str, torch.Tensor] = {}
             for key in handle.keys():
                 value = handle.get_tensor(key)
-                if key in wanted and bitmask.worth_compressing(value):
+                mask = value != 0 if key in wanted and value.dim() == 2 else None
+                if mask is not None and bitmask.worth_compressing(value, mask):
                     prefix = bitmask.module_prefix(key)
-                    for suffix, part in bitmask.compress(value).items():
+                    for suffix, part in bitmask.compress(value, mask).items():
                         tensors[f"{prefix}.{suffix}"] = part
                     if not compressed:
                         tensors[key] = _sentinel_tensor()
