@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .configuration import DEFAULT_MAX_SEQLEN
 from .data import evaluation_tokens
-from .errors import AlphaPruningError, ConfigError
+from .errors import CalibrationDataError, ConfigError
 
 
 def max_positions(model: Any) -> int | None:
@@ -52,7 +52,7 @@ def perplexity(
     windows (state it when reporting numbers).
     """
     if tokenizer is None:
-        raise AlphaPruningError(
+        raise CalibrationDataError(
             "Perplexity needs a tokenizer, but this model has none; pass tokenizer= or load a model folder "
             "that contains one."
         )
@@ -60,7 +60,9 @@ def perplexity(
     if seqlen is None:
         seqlen = min(DEFAULT_MAX_SEQLEN, limit or DEFAULT_MAX_SEQLEN)
     elif limit is not None and seqlen > limit:
-        raise ConfigError(f"seqlen {seqlen} exceeds the model's maximum positions ({limit}).")
+        raise ConfigError(
+            f"seqlen {seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
+        )
     ids = evaluation_tokens(tokenizer, dataset)
     windows = ids.numel() // seqlen
     if max_windows is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import AlphaPruningError
+from .errors import AlphaPruningError, CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
     path = Path(text).expanduser()
     if text.lower().endswith(".gguf"):
         if not path.is_file():
-            raise AlphaPruningError(f"GGUF file {text} does not exist; check the path.")
+            raise CheckpointError(
+                f"GGUF file {text} does not exist; check the path, or pass the folder holding it with file_name=."
+            )
         return str(path.parent.resolve()), {"gguf_file": path.name, "dtype": torch.float32}
     if path.exists():
         if not path.is_dir():
@@ -77,6 +79,9 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
 
     name, extra = resolve_model_source(model_or_id)
     kwargs = {**extra, **from_pretrained_kwargs}
+    gguf = kwargs.get("gguf_file")
+    if gguf and Path(name).is_dir() and not (Path(name) / gguf).is_file():
+        raise CheckpointError(f"GGUF file {gguf} does not exist in {name}; check file_name= and the folder.")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
