@@ -142,6 +142,9 @@ class AlphaPruner(OptimumQuantizer):
         """
         config = config or AlphaPruningConfig()
         start = time.perf_counter()
+        for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
+            with align_module_device(layer):
+                check_finite(weight_matrix(layer), name)
         targets, block_scores = self.allocate(config)
         pruner_cls = get_pruner_class(config.method)
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
