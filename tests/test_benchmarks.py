@@ -1,0 +1,124 @@
+"""Smoke tests of the benchmark scripts: each main() runs on a tiny random Llama with tiny settings, so the
+scripts cannot rot; the numbers themselves are not checked (benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common, quality, speed  # noqa: E402
+
+from conftest import make_tiny_model  # noqa: E402
+
+TINY_QUALITY = ["--nsamples", "2", "--seqlen", "32", "--max-windows", "2", "--eval-seqlen", "64"]
+
+
+@pytest.fixture
+def factory(tiny_tokenizer):
+    return lambda: (make_tiny_model("llama", layers=3), tiny_tokenizer)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the markdown table's rows (header and separator excluded)."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows[1:]  # each script prints one table: drop its header
+
+
+def test_markdown_table_formats_floats_and_missing_cells():
+    text = common.markdown_table(["a", "b"], [[1.234, None], ["x", 2.5e6]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| x | 2.5e+06 |"]
+
+
+def test_quality_table_one_has_a_row_per_method_and_allocation(factory, capsys, tmp_path):
+    log = tmp_path / "runs.jsonl"
+    text = quality.main(["--table", "1", "--methods", "magnitude", "wanda", "--sparsities", "0.5", "0.7",
+                         "--log", str(log)] + TINY_QUALITY, model_factory=factory)
+    rows = table_rows(text)
+    assert [r[:2] for r in rows] == [["dense", "-"]] + [[m, a] for m in ("magnitude", "wanda")
+                                                         for a in ("uniform", "owl", "alpha")]
+    assert all(float(cell) > 1.0 for row in rows for cell in row[2:])
+    assert "alpha (" in text  # the verdict lines against uniform and OWL
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(runs) == 1 + 2 * 3 * 2
+    pruned = [r for r in runs if r["kind"] == "pruned"]
+    assert all(abs(r["total_sparsity"] - r["sparsity"]) < 0.01 for r in pruned)
+    assert "## quality --table 1" in capsys.readouterr().out
+
+
+def test_quality_metric_table_lists_uniform_and_every_metric(factory):
+    text = quality.main(["--table", "2", "--metrics", "alpha_hill", "spectral_norm"] + TINY_QUALITY,
+                        model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["uniform", "alpha_hill", "spectral_norm"]
+    assert [r[1] for r in rows] == ["-", "shape", "scale"]
+    assert all(r[3] in ("yes", "no", "-") for r in rows)
+
+
+def test_quality_epsilon_sweep_covers_the_grid_and_plots(factory, tmp_path):
+    plot = tmp_path / "eps.png"
+    text = quality.main(["--table", "eps", "--epsilons", "0.1", "0.5", "--max-sparsity", "none", "0.95",
+                         "--granularity", "block", "matrix", "--seeds", "0", "1", "--sparsities", "0.8",
+                         "--plot", str(plot)] + TINY_QUALITY, model_factory=factory)
+    rows = table_rows(text)
+    assert rows[0][0] == "uniform"
+    grid = [tuple(r[:3]) for r in rows[1:]]
+    assert grid == [(g, b, e) for g in ("block", "matrix") for b in ("none", "0.95") for e in ("0.1", "0.5")]
+    assert all(len(r) == 4 + 2 + 1 for r in rows)
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unbounded_mapping_matches_the_budget_and_can_exceed_one():
+    counts = [10, 10, 10]
+    values = quality.unbounded_sparsities([1.0, 2.0, 10.0], counts, 0.8, 0.4)
+    assert sum(v * d for v, d in zip(values, counts)) / sum(counts) == pytest.approx(0.8)
+    assert max(values) > 1.0
+
+
+def test_reference_allocation_is_restored_after_use():
+    import optimum_alpha.pruner as pruner_module
+
+    original = pruner_module.allocate
+    with quality.reference_allocation():
+        assert pruner_module.allocate is not original
+        assert pruner_module.allocate([1.0, 5.0], [1, 1], 0.9, epsilon=0.5) == [pytest.approx(0.45), 1.0]
+    assert pruner_module.allocate is original
+
+
+def test_speed_esd_table_compares_fast_and_naive(factory):
+    text = speed.main(["--part", "esd", "--repeats", "1"], model_factory=factory)
+    rows = table_rows(text)
+    names = [r[0] for r in rows]
+    assert names[:2] == ["straightforward (float32 svdvals + loop)", "optimum-alpha (float64 Gram + vectorised)"]
+    assert "max |Δα|" in text
+    diff = float(text.split("max |Δα| = ")[1].split()[0])
+    assert diff < 1e-2
+
+
+def test_naive_hill_matches_library_fit_on_a_random_matrix():
+    from optimum_alpha.esd import hill_fit, matrix_eigenvalues
+
+    torch.manual_seed(0)
+    weight = torch.randn(48, 96) @ torch.diag(torch.linspace(0.1, 3.0, 96))
+    naive = speed.naive_alpha(weight)
+    fast = hill_fit(matrix_eigenvalues(weight)).alpha
+    assert naive == pytest.approx(fast, abs=1e-3)
+
+
+def test_speed_pruning_split_has_a_row_per_method(factory):
+    text = speed.main(["--part", "prune", "--methods", "magnitude", "wanda", "sparsegpt", "--nsamples", "2",
+                       "--seqlen", "32"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["magnitude", "wanda", "sparsegpt"]
+    for row in rows:
+        values = [float(c) for c in row[1:7]]
+        assert all(v >= 0 for v in values)
+    assert float(rows[0][1]) == 0.0  # magnitude runs no calibration forward pass
