@@ -20,7 +20,7 @@ from optimum_alpha.commands.common import format_table, model_slug
 
 BIN = Path(sys.executable).parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TINY_PRUNE = ["--nsamples", "2", "--seqlen", "32", "--calibration", "wikitext2"]
 
 
@@ -73,11 +73,16 @@ def pruned(tiny_model: Path, tmp_path_factory) -> tuple[Path, subprocess.Complet
 
 
 def test_optimum_cli_registers_alpha_prune():
-    result = cli("--help", entry="optimum-cli")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: optimum-cli alpha-prune")
+    top = cli("--help", entry="optimum-cli")
+    assert top.returncode == 0, top.stderr
+    assert top.stdout.startswith("usage: optimum-cli alpha-prune")
     for command in ("analyze", "prune", "eval"):
-        assert f"    {command} " in result.stdout
+        assert f"  {command}  " in top.stdout
+    # Sub-command arguments reach the shared parser, which names the optimum-cli program.
+    sub = cli("prune", "--help", entry="optimum-cli")
+    assert sub.returncode == 0, sub.stderr
+    assert sub.stdout.startswith("usage: optimum-cli alpha-prune prune")
+    assert "--sparsity S" in sub.stdout and "(default: 0.5)" in sub.stdout
 
 
 def test_register_module_imports_no_torch():

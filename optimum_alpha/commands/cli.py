@@ -1,7 +1,7 @@
 """The shared argparse tree of both entry points, and the error policy of the command line.
 
-``optimum-alpha`` (console script) and ``optimum-cli alpha-prune`` (optimum plug-in) call
-:func:`add_commands` on their own parser, so the two always offer the same commands and flags.
+``optimum-alpha`` (console script) and ``optimum-cli alpha-prune`` (optimum plug-in, which forwards its
+arguments to :func:`main`) share this parser, so the two always offer the same commands and flags.
 User mistakes (:class:`~optimum_alpha.errors.AlphaPruningError`, bad flags) are printed as one line
 ``error: ...`` on stderr with exit code 2, never as a traceback.
 """
@@ -89,14 +89,9 @@ def run_command(args: argparse.Namespace) -> int:
         fail("interrupted", code=INTERRUPTED)
 
 
-def run_and_exit(args: argparse.Namespace) -> NoReturn:
-    """Entry used by the optimum-cli plug-in: run, then exit with the command's status."""
-    raise SystemExit(run_command(args))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console-script entry point of ``optimum-alpha``."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "optimum-alpha") -> int:
+    """Entry point of ``optimum-alpha`` and, with ``prog="optimum-cli alpha-prune"``, of the optimum plug-in."""
+    args = build_parser(prog).parse_args(argv)
     return run_command(args)
 
 

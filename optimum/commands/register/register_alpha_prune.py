@@ -1,20 +1,34 @@
 """Registers ``optimum-cli alpha-prune`` with optimum's PEP 420 command namespace.
 
-optimum imports every ``register_*.py`` module of ``optimum.commands.register`` at start-up, so this
-module only builds argparse parsers; models and torch are imported when a command runs.
+optimum imports every ``register_*.py`` module of ``optimum.commands.register`` on each ``optimum-cli``
+call, whatever the command. Importing ``optimum_alpha`` pulls in torch and transformers (seconds), so this
+module imports nothing from it: the ``alpha-prune`` parser only collects the remaining arguments, and
+:meth:`AlphaPruneCommand.run` hands them to the same parser as the ``optimum-alpha`` script.
 """
 
 from __future__ import annotations
 
-from argparse import ArgumentParser
+from argparse import REMAINDER, SUPPRESS, ArgumentParser, RawDescriptionHelpFormatter
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
-from optimum_alpha.commands.cli import add_commands, run_and_exit
+PROG = "optimum-cli alpha-prune"
+OVERVIEW = """\
+Prune LLMs with AlphaPruning: give well-trained blocks (heavy-tailed weight spectra, low alpha) less
+sparsity, and prune each layer with Wanda, SparseGPT or magnitude.
+
+commands:
+  analyze   measure each block's weight-spectrum metrics (alpha) and preview the allocation
+  prune     prune a model and save it, with perplexity before/after (--eval)
+  eval      measure perplexity of a dense or pruned model
+
+Run 'optimum-cli alpha-prune <command> --help' for the flags of a command, e.g.
+  optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha --eval
+"""
 
 
 class AlphaPruneCommand(BaseOptimumCLICommand):
-    """``optimum-cli alpha-prune {analyze,prune,eval}``: the same commands as ``optimum-alpha``."""
+    """``optimum-cli alpha-prune {analyze,prune,eval}``: the commands of the ``optimum-alpha`` script."""
 
     COMMAND = CommandInfo(
         name="alpha-prune",
@@ -23,10 +37,15 @@ class AlphaPruneCommand(BaseOptimumCLICommand):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        add_commands(parser)
+        parser.usage = f"{PROG} {{analyze,prune,eval}} MODEL [options]"
+        parser.description = OVERVIEW
+        parser.formatter_class = RawDescriptionHelpFormatter
+        parser.add_argument("argv", nargs=REMAINDER, help=SUPPRESS)
 
     def run(self) -> None:
-        run_and_exit(self.args)
+        from optimum_alpha.commands.cli import main
+
+        raise SystemExit(main(self.args.argv, prog=PROG))
 
 
 REGISTER_COMMANDS = [AlphaPruneCommand]
