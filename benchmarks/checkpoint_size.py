@@ -30,7 +30,7 @@ def weights_size(folder: Path) -> int:
 
 
 def loads_back_exactly(model: torch.nn.Module, folder: Path) -> bool:
-    """Load with plain transformers (the plugin is registered by ``import optimum_alpha``) and compare bits."""
+    """Load with plain transformers (``import optimum_alpha`` registered the plugin); compare bits."""
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(folder)
@@ -83,8 +83,9 @@ def main() -> None:
           "| sparse / dense (weights) | sparse / dense (whole folder) | sparse loads bitwise |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | :---: |")
     for sparsity, achieved, dtype_name, dense_w, sparse_w, dense_f, sparse_f, exact in rows:
-        print(f"| {sparsity:.0%} | {achieved:.4f} | {dtype_name} | {dense_w / 1e6:.1f} | {sparse_w / 1e6:.1f} "
-              f"| {sparse_w / dense_w:.3f} | {sparse_f / dense_f:.3f} | {'yes' if exact else 'NO'} |")
+        print(f"| {sparsity:.0%} | {achieved:.4f} | {dtype_name} | {dense_w / 1e6:.1f} "
+              f"| {sparse_w / 1e6:.1f} | {sparse_w / dense_w:.3f} | {sparse_f / dense_f:.3f} "
+              f"| {'yes' if exact else 'NO'} |")
     print(f"\ntotal time {time.perf_counter() - start:.0f} s")
 
 

@@ -59,7 +59,8 @@ def plot_block_profile(
         handles, labels = ax.get_legend_handles_labels()
         if block_sparsities is not None:
             ax2 = ax.twinx()
-            ax2.plot(depth, [float(s) for s in block_sparsities], color="tab:red", marker="o", label="sparsity")
+            sparsities = [float(s) for s in block_sparsities]
+            ax2.plot(depth, sparsities, color="tab:red", marker="o", label="sparsity")
             ax2.set_ylabel("sparsity", color="tab:red")
             ax2.set_ylim(0.0, 1.0)
             ax2.tick_params(axis="y", labelcolor="tab:red")
@@ -74,7 +75,9 @@ def plot_block_profile(
     return out
 
 
-def plot_esd_fit(eigenvalues: "torch.Tensor", xmin: float, alpha: float, path: str | Path, title: str) -> Path:
+def plot_esd_fit(
+    eigenvalues: "torch.Tensor", xmin: float, alpha: float, path: str | Path, title: str
+) -> Path:
     """Plot the empirical spectral density on log-log axes with the fitted power-law tail.
 
     The fitted density ``p(x) ∝ x^-alpha`` for ``x >= xmin`` is scaled so it integrates to the

@@ -1,4 +1,4 @@
-"""Checkpoints: bitmask layout, sparse/dense round trips, the transformers plugin, atomic writes, model card."""
+"""Checkpoints: bitmask layout, sparse/dense round trips, the transformers plugin, atomic writes, card."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def prune_by_magnitude(model: torch.nn.Module, sparsity: float) -> None:
                     weight[weight.abs() <= threshold] = 0
 
 
-def tiny_model(dtype: torch.dtype = torch.float32, sparsity: float = 0.7, tie: bool = True) -> LlamaForCausalLM:
+def tiny_model(
+    dtype: torch.dtype = torch.float32, sparsity: float = 0.7, tie: bool = True
+) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         hidden_size=64,
@@ -92,7 +94,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
     seed=st.integers(0, 2**16),
 )
-def test_bitmask_round_trip_is_bitwise_and_matches_compressed_tensors_layout(rows, cols, density, dtype, seed):
+def test_bitmask_round_trip_is_bitwise_and_matches_compressed_tensors_layout(
+    rows, cols, density, dtype, seed
+):
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(rows, cols, generator=generator).to(dtype)
     weight[torch.rand(rows, cols, generator=generator) >= density] = 0
@@ -170,7 +174,8 @@ def test_per_layer_sparsity_after_loading_equals_saved_and_device_map_works(tmp_
     loaded = load_pruned(folder, device_map="cpu")
     assert loaded.model.layers[0].mlp.up_proj.weight.device.type == "cpu"
     assert save_module.layer_sparsities(loaded) == pytest.approx(saved, abs=0)
-    blocks = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    linears = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    blocks = linears - {"lm_head"}
     assert set(saved) == blocks
     assert min(saved.values()) > 0.69
 
@@ -182,7 +187,8 @@ def test_sparse_load_honours_dtype_base_model_class_and_disk_offload(tmp_path):
     folder = save_pruned(model, tmp_path / "sparse")
     half = load_pruned(folder, dtype=torch.float16)
     assert half.model.layers[0].mlp.down_proj.weight.dtype == torch.float16
-    assert torch.equal(half.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight.half())
+    want = model.model.layers[0].mlp.down_proj.weight.half()
+    assert torch.equal(half.model.layers[0].mlp.down_proj.weight, want)
     base = AutoModel.from_pretrained(folder)  # no lm_head, checkpoint prefix stripped
     assert torch.equal(base.layers[1].self_attn.q_proj.weight, model.model.layers[1].self_attn.q_proj.weight)
     offloaded = load_pruned(
@@ -220,7 +226,8 @@ def test_loading_without_the_plugin_fails_loudly(tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     output = result.stdout + result.stderr
     assert "LOAD-FAILED" in result.stdout, output[-2000:]
     assert "alpha_sparse" in output  # transformers names the unknown quant_method

@@ -60,7 +60,9 @@ def http_error(status: int, message: str) -> HfHubHTTPError:
 
 def test_push_creates_repo_then_uploads_exactly_the_saved_folder(saved_folder):
     api = RecordingApi()
-    url = push_folder_to_hub(saved_folder, "me/pruned", private=True, token="hf_x", commit_message="msg", api=api)
+    url = push_folder_to_hub(
+        saved_folder, "me/pruned", private=True, token="hf_x", commit_message="msg", api=api
+    )
     assert url == "https://huggingface.co/me/pruned"
     (name1, args1, kw1), (name2, _, kw2) = api.calls
     assert name1 == "create_repo" and args1 == ("me/pruned",)
@@ -127,23 +129,24 @@ class FakeHub(BaseHTTPRequestHandler):
         FakeHub.requests.append((self.path, self.headers.get("authorization", "")))
         if self.path == "/api/repos/create":
             if FakeHub.refuse_create:
-                return self._reply(403, {"error": "You don't have the rights to create a model under this namespace"})
-            return self._reply(200, {"url": f"http://{self.headers['host']}/{json.loads(body)['organization']}/x"})
+                return self._reply(403, {"error": "You don't have the rights to create a repo here"})
+            owner = json.loads(body)["organization"]
+            return self._reply(200, {"url": f"http://{self.headers['host']}/{owner}/x"})
         if self.path == "/api/validate-yaml":
             FakeHub.validated_cards.append(json.loads(body)["content"])
             return self._reply(200, {"warnings": []})
         if "/preupload/" in self.path:
             files = json.loads(body)["files"]
-            return self._reply(
-                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
-            )
+            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            return self._reply(200, {"files": modes})
         if "/commit/" in self.path:
             for line in body.decode().splitlines():
                 entry = json.loads(line)
                 if entry["key"] == "file":
                     FakeHub.received[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
             host = f"http://{self.headers['host']}"
-            return self._reply(200, {"commitUrl": f"{host}/me/pruned/commit/{'1' * 40}", "commitOid": "1" * 40})
+            oid = "1" * 40
+            return self._reply(200, {"commitUrl": f"{host}/me/pruned/commit/{oid}", "commitOid": oid})
         return self._reply(404, {"error": f"unexpected {self.path}"})
 
 
@@ -158,7 +161,9 @@ def fake_hub():
     server.server_close()
 
 
-def test_push_over_http_to_a_loopback_hub_uploads_every_file_byte_for_byte(saved_folder, fake_hub, monkeypatch):
+def test_push_over_http_to_a_loopback_hub_uploads_every_file_byte_for_byte(
+    saved_folder, fake_hub, monkeypatch
+):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     api = HfApi(endpoint=fake_hub, token="hf_test_token")
     push_folder_to_hub(saved_folder, "me/pruned", token="hf_test_token", api=api)

@@ -1,4 +1,4 @@
-"""Saving, loading and pushing pruned checkpoints (dense safetensors or the ``alpha_sparse`` bitmask format)."""
+"""Saving, loading and pushing pruned checkpoints (dense safetensors or the ``alpha_sparse`` bitmask)."""
 
 from .hub import push_folder_to_hub
 from .load import load_pruned

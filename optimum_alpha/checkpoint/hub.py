@@ -26,8 +26,8 @@ def _explain(error: Exception, repo_id: str) -> CheckpointError:
             return CheckpointError(f"the Hub rejected the token while pushing {repo_id} (401); {_LOGIN_HINT}")
         if status == 403:
             return CheckpointError(
-                f"the Hub refused to let this token write to {repo_id} (403: {server}); use a token with write "
-                "access to that namespace or push to a repo you own"
+                f"the Hub refused to let this token write to {repo_id} (403: {server}); use a token with "
+                "write access to that namespace or push to a repo you own"
             )
         return CheckpointError(f"pushing {repo_id} failed (HTTP {status}: {server})")
     return CheckpointError(f"pushing {repo_id} failed: {error}")
@@ -52,7 +52,9 @@ def push_folder_to_hub(
 
     path = Path(folder)
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} is not a saved model folder (no config.json); save it first, then push")
+        raise CheckpointError(
+            f"{path} is not a saved model folder (no config.json); save it first, then push"
+        )
     if not repo_id or repo_id.count("/") > 1:
         raise CheckpointError(f"invalid Hub repo id {repo_id!r}; use 'name' or 'owner/name'")
     hub = api if api is not None else HfApi(token=token)

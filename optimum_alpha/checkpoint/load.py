@@ -28,8 +28,12 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs: Any):
     local = Path(location).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
-            raise CheckpointError(f"{local} has no config.json; point load_pruned at a folder written by save_pruned")
+            raise CheckpointError(
+                f"{local} has no config.json; point load_pruned at a folder written by save_pruned"
+            )
         location = str(local)
     elif isinstance(path_or_id, os.PathLike) or _looks_local(location):
-        raise CheckpointError(f"checkpoint folder {local} does not exist; check the path (or pass a Hub repo id)")
+        raise CheckpointError(
+            f"checkpoint folder {local} does not exist; check the path (or pass a Hub repo id)"
+        )
     return AutoModelForCausalLM.from_pretrained(location, **from_pretrained_kwargs)

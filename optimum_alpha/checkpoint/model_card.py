@@ -25,8 +25,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _load_section(fmt: str, repo_hint: str) -> str:
     if fmt == "sparse":
-        return f"""The weights are stored in the `alpha_sparse` bitmask format (kept values + packed bit mask per
-pruned Linear layer). **Loading needs `optimum-alpha`**: importing it registers the format with transformers.
+        return f"""The weights are stored in the `alpha_sparse` bitmask format (kept values + packed bit
+mask per pruned Linear layer). **Loading needs `optimum-alpha`**: importing it registers the format
+with transformers.
 
 ```python
 import optimum_alpha  # registers quant_method "alpha_sparse" with transformers
@@ -55,8 +56,8 @@ def _blocks_table(blocks: list[dict[str, Any]], metric: str) -> str:
     rows = [f"| block | {metric} | target sparsity | achieved sparsity |", "| ---: | ---: | ---: | ---: |"]
     for block in blocks:
         rows.append(
-            f"| {block.get('index', '?')} | {_fmt(block.get('score'), 3)} | {_fmt(block.get('target_sparsity'))}"
-            f" | {_fmt(block.get('achieved_sparsity'))} |"
+            f"| {block.get('index', '?')} | {_fmt(block.get('score'), 3)} "
+            f"| {_fmt(block.get('target_sparsity'))} | {_fmt(block.get('achieved_sparsity'))} |"
         )
     return "\n".join(rows)
 
@@ -111,8 +112,8 @@ def build_model_card(
     lines += [
         "## Files",
         "",
-        "- `alpha_pruning.json`: pruning config, per-block scores and sparsities, achieved sparsity per layer, "
-        "calibration details and library version.",
+        "- `alpha_pruning.json`: pruning config, per-block scores and sparsities, achieved sparsity per "
+        "layer, calibration details and library version.",
     ]
     if chart_file:
         lines.append(f"- `{chart_file}`: chart of block {metric} and sparsity.")

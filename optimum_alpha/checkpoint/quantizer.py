@@ -83,8 +83,8 @@ class AlphaSparseDecompress(ConversionOps):
             value = input_dict.get(pattern)
             if value is None:
                 raise ValueError(
-                    f"alpha_sparse checkpoint is missing '{suffix}' for {full_layer_name}; the folder is incomplete, "
-                    "save it again with optimum_alpha.checkpoint.save_pruned"
+                    f"alpha_sparse checkpoint is missing '{suffix}' for {full_layer_name}; the folder is "
+                    "incomplete, save it again with optimum_alpha.checkpoint.save_pruned"
                 )
             parts[suffix] = value[0] if isinstance(value, list) else value
         # Any other collected key is the sentinel marker for this weight: it carries no data and is dropped.

@@ -75,11 +75,16 @@ def _without_gguf_state(model: nn.Module) -> Iterator[None]:
     if quantizer is None or str(getattr(method, "value", method)) != "gguf":
         yield
         return
-    saved_model = {k: getattr(model, k) for k in ("hf_quantizer", "is_quantized", "quantization_method") if hasattr(model, k)}
+    model_keys = ("hf_quantizer", "is_quantized", "quantization_method")
+    config_keys = ("quantization_config", "_is_quantized")
     config = model.config
-    saved_config = {k: getattr(config, k) for k in ("quantization_config", "_is_quantized") if hasattr(config, k)}
+    saved_model = {key: getattr(model, key) for key in model_keys if hasattr(model, key)}
+    saved_config = {key: getattr(config, key) for key in config_keys if hasattr(config, key)}
     for key in saved_model:
-        delattr(model, key) if key != "is_quantized" else setattr(model, key, False)
+        if key == "is_quantized":
+            model.is_quantized = False
+        else:
+            delattr(model, key)
     for key in saved_config:
         delattr(config, key)
     try:
@@ -152,12 +157,19 @@ def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
     sparsities = [b.get("achieved_sparsity", b.get("target_sparsity")) for b in blocks]
     if any(not isinstance(s, (int, float)) for s in sparsities):
         sparsities = None
-    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=str(data.get("metric") or "alpha_hill"))
+    metric = str(data.get("metric") or "alpha_hill")
+    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=metric)
     return CHART_FILE
 
 
 def _write_folder(
-    model: nn.Module, folder: Path, *, tokenizer: Any, fmt: str, max_shard_size: str | int, metadata: dict | None
+    model: nn.Module,
+    folder: Path,
+    *,
+    tokenizer: Any,
+    fmt: str,
+    max_shard_size: str | int,
+    metadata: dict | None,
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
@@ -166,7 +178,8 @@ def _write_folder(
     if fmt == "sparse":
         compressed = compress_folder(folder, prunable_weight_keys(model))
         if compressed:
-            write_quantization_config(folder, compressed, data.get("achieved_sparsity"), data["library_version"])
+            sparsity = data.get("achieved_sparsity")
+            write_quantization_config(folder, compressed, sparsity, data["library_version"])
         data["compressed_modules"] = len(compressed)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -200,7 +213,9 @@ def save_pruned(
         try:
             json.dumps(metadata)
         except (TypeError, ValueError) as error:
-            raise CheckpointError(f"metadata must be JSON-serialisable ({error}); convert tensors to floats") from error
+            raise CheckpointError(
+                f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
+            ) from error
     target = Path(save_dir).expanduser().resolve()
     _check_target(target, overwrite)
     try:

@@ -40,7 +40,7 @@ def _shards(folder: Path) -> tuple[list[Path], dict | None]:
 
 
 def _sentinel_tensor() -> torch.Tensor:
-    """A uint8 vector spelling :data:`SENTINEL_MESSAGE`: wrong shape for any weight, readable in a hex dump."""
+    """uint8 bytes of :data:`SENTINEL_MESSAGE`: the wrong shape for any weight, readable in a hex dump."""
     return torch.tensor(list(SENTINEL_MESSAGE.encode("ascii")), dtype=torch.uint8)
 
 
