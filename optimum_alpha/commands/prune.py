@@ -82,8 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="S")
     _config_flag(parser, "--granularity", "granularity", "allocate per block (paper) or per matrix",
                  choices=("block", "matrix"))
-    _config_flag(parser, "--nm", "nm", "N:M semi-structured pattern such as 2:4 (N kept per M weights)",
-                 metavar="N:M")
+    _config_flag(parser, "--nm", "nm",
+                 "semi-structured sparsity: N:M such as 2:4 (N kept per M weights, ignores --sparsity) or "
+                 "mixed:M such as mixed:8 (each block gets its own N from --allocation)",
+                 metavar="N:M|mixed:M")
     _config_flag(parser, "--calibration", "calibration_dataset",
                  "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
                  metavar="c4|wikitext2|PATH")
@@ -133,12 +135,15 @@ def _perplexity(pruner, args: argparse.Namespace, seqlen: int | None) -> float:
 
 def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: float, memory: dict) -> None:
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
-    score_name = config.metric if config.allocation == "alpha" else "score"
+    score_name = {"alpha": config.metric, "owl": "outlier_ratio"}.get(config.allocation, "score")
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
     print()
     print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
     print(format_table(["block", score_name, "allocated", "achieved"], rows))
-    print(f"total sparsity: {report.total_sparsity:.4f} (target {config.sparsity:.4f})")
+    # The target comes from the blocks, not config.sparsity, which an N:M pattern overrides.
+    params = sum(b.num_params for b in report.blocks) or 1
+    target = sum(b.target_sparsity * b.num_params for b in report.blocks) / params
+    print(f"total sparsity: {report.total_sparsity:.4f} (target {target:.4f})")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
