@@ -10,16 +10,44 @@ from typing import Any
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
 from .esd import METRICS
+from .nm import check_mixed_sparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 DEFAULT_MAX_SEQLEN = 2048
+MIXED_NM_PREFIX = "mixed:"
+
+
+def check_owl_threshold(threshold: float) -> None:
+    if not threshold > 0:
+        raise ConfigError(f"owl_threshold (OWL's M) must be > 0, got {threshold}; the OWL paper uses 5.")
+
+
+def check_owl_lambda(lam: float) -> None:
+    if not 0 <= lam <= 0.5:
+        raise ConfigError(
+            f"owl_lambda (half-width of OWL's sparsity spread) must be in [0, 0.5], got {lam}; OWL uses 0.08."
+        )
+
+
+def parse_mixed_nm(nm: str | None) -> int | None:
+    """``"mixed:8"`` -> 8: an N per block (or matrix) chosen by the allocation, groups of M = 8."""
+    if nm is None or not str(nm).lower().startswith(MIXED_NM_PREFIX):
+        return None
+    try:
+        m = int(str(nm)[len(MIXED_NM_PREFIX):])
+    except ValueError as err:
+        raise ConfigError(f"Mixed N:M must look like 'mixed:M' (e.g. 'mixed:8'), got {nm!r}.") from err
+    if m < 2:
+        raise ConfigError(f"Mixed N:M needs groups of M >= 2 weights, got {nm!r}; use e.g. 'mixed:8'.")
+    return m
 
 
 def parse_nm(nm: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` -> (2, 4): N weights kept in every group of M consecutive input weights."""
-    if nm is None:
+    """``"2:4"`` -> (2, 4): N weights kept in every group of M consecutive input weights. None for no
+    pattern or for a mixed one (see :func:`parse_mixed_nm`)."""
+    if nm is None or parse_mixed_nm(nm) is not None:
         return None
     try:
         n, m = (int(part) for part in str(nm).split(":"))
@@ -48,8 +76,12 @@ class AlphaPruningConfig:
         seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
             (131072 positions of Llama-3 would allocate a 64 GiB buffer).
         seed: seed of the calibration sampling.
-        nm: optional N:M semi-structured pattern such as ``"2:4"``.
-        owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ.
+        nm: optional N:M semi-structured pattern. ``"N:M"`` (e.g. ``"2:4"``): N of every M consecutive input
+            weights kept in every layer; sparsity is then 1 - N/M and ``sparsity``/``allocation`` are not used.
+            ``"mixed:M"`` (e.g. ``"mixed:8"``, paper appendix H.6): each block (or matrix) gets its own N,
+            chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
+        owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
+            which allocates per block).
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
     """
 
@@ -93,6 +125,13 @@ class AlphaPruningConfig:
         if self.seqlen is not None and int(self.seqlen) < 1:
             raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
         parse_nm(self.nm)
+        mixed = parse_mixed_nm(self.nm)
+        if mixed is not None:
+            check_mixed_sparsity(float(self.sparsity), mixed)
+        check_owl_threshold(float(self.owl_threshold))
+        check_owl_lambda(float(self.owl_lambda))
+        if self.allocation == "owl" and self.granularity != "block":
+            raise ConfigError("The 'owl' allocation measures outliers per block; use granularity='block'.")
         if not 0.0 <= self.percdamp:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
@@ -100,7 +139,19 @@ class AlphaPruningConfig:
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:
+        """(N, M) of a fixed pattern; None without one or for ``mixed:M``."""
         return parse_nm(self.nm)
+
+    @property
+    def nm_mixed_group(self) -> int | None:
+        """M of a ``mixed:M`` pattern, else None."""
+        return parse_mixed_nm(self.nm)
+
+    @property
+    def nm_group(self) -> int | None:
+        """M of any N:M pattern (fixed or mixed), else None."""
+        pattern = self.nm_pattern
+        return pattern[1] if pattern else self.nm_mixed_group
 
     def resolve_seqlen(self, max_positions: int | None) -> int:
         """The calibration window length for a model with ``max_positions`` positions."""

@@ -21,12 +21,14 @@ from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
 from .data import calibration_windows
-from .errors import AlphaPruningError, ConfigError
+from .errors import AlphaPruningError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
 from .models import load_model
+from .nm import mixed_nm_counts
 from .offload import write_layer_weight
+from .owl import collect_outlier_ratios, owl_allocation
 from .pruning import get_pruner_class
 from .report import BlockReport, PruningReport, layer_sparsity
 
@@ -86,29 +88,74 @@ class AlphaPruner(OptimumQuantizer):
             for name, layer in find_prunable_layers(block, i).items()
         ]
 
-    def allocate(self, config: AlphaPruningConfig) -> tuple[dict[str, float], list[float | None]]:
-        """Per-layer target sparsities and per-block scores (None when no score is used)."""
+    def allocate(self, config: AlphaPruningConfig, show_progress: bool = False
+                 ) -> tuple[dict[str, float], list[float | None]]:
+        """Per-layer target sparsities and per-block scores (None when no score is used; OWL's outlier
+        ratios with ``allocation="owl"``). With ``nm="mixed:M"`` every target is 1 - N/M for a whole N."""
         layers = self._layer_names()
-        n_blocks = len(self.blocks)
         if config.nm_pattern is not None:
             n, m = config.nm_pattern
-            return {name: 1.0 - n / m for _, name, _ in layers}, [None] * n_blocks
+            return {name: 1.0 - n / m for _, name, _ in layers}, [None] * len(self.blocks)
+        targets, block_scores = self._continuous_targets(config, layers, show_progress)
+        if config.nm_mixed_group is not None:
+            targets = self._round_to_mixed_nm(targets, layers, config)
+        return targets, block_scores
+
+    def _continuous_targets(self, config: AlphaPruningConfig, layers: list[tuple[int, str, nn.Module]],
+                            show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
+        m = config.nm_mixed_group
+        # Mixed N:M keeps at least one weight per group, so no unit may go past (M - 1)/M.
+        max_sparsity = config.max_sparsity if m is None else min(config.max_sparsity, (m - 1) / m)
         if config.allocation == "uniform":
-            return {name: float(config.sparsity) for _, name, _ in layers}, [None] * n_blocks
+            return {name: float(config.sparsity) for _, name, _ in layers}, [None] * len(self.blocks)
         if config.allocation == "owl":
-            raise ConfigError("The 'owl' allocation is not available in this version; use 'alpha' or 'uniform'.")
+            return self._owl_targets(config, layers, max_sparsity, show_progress)
         report = self.esd_report
         if report is None or report.fix_finger != config.fix_finger:
             report = self.analyze(fix_finger=config.fix_finger)
         scores, counts = report.scores(config.metric, config.granularity)
         sparsities = allocate(
-            scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=config.max_sparsity
+            scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=max_sparsity
         )
         block_scores = [b.metrics[config.metric] for b in report.blocks]
         if config.granularity == "block":
             return {name: sparsities[i] for i, name, _ in layers}, block_scores
         by_name = {m.name: s for m, s in zip(report.matrices, sparsities)}
         return {name: by_name[name] for _, name, _ in layers}, block_scores
+
+    def _owl_targets(self, config: AlphaPruningConfig, layers: list[tuple[int, str, nn.Module]],
+                     max_sparsity: float, show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
+        """OWL: a dense sequential pass measures each block's outlier ratio, which sets its sparsity."""
+        if self.tokenizer is None:
+            raise AlphaPruningError(
+                "The 'owl' allocation measures outliers on calibration text, hence needs a tokenizer, and this "
+                "model has none; pass tokenizer= to AlphaPruner.from_pretrained or use allocation='alpha'."
+            )
+        inputs, _ = self._calibration_inputs(config)
+        ratios = collect_outlier_ratios(self.blocks, inputs, config.owl_threshold, show_progress)
+        del inputs
+        counts = [0] * len(self.blocks)
+        for i, _, layer in layers:
+            counts[i] += weight_numel(layer)
+        sparsities = owl_allocation(ratios, counts, config.sparsity, config.owl_lambda, max_sparsity)
+        return {name: sparsities[i] for i, name, _ in layers}, list(ratios)
+
+    @staticmethod
+    def _round_to_mixed_nm(targets: dict[str, float], layers: list[tuple[int, str, nn.Module]],
+                           config: AlphaPruningConfig) -> dict[str, float]:
+        """Turn the continuous targets into one whole N per unit (block or matrix) with the exact budget."""
+        m = config.nm_mixed_group
+        unit_of = {name: (i if config.granularity == "block" else name) for i, name, _ in layers}
+        sizes: dict[Any, int] = {}
+        wanted: dict[Any, float] = {}
+        for _, name, layer in layers:
+            unit = unit_of[name]
+            sizes[unit] = sizes.get(unit, 0) + weight_numel(layer)
+            wanted.setdefault(unit, targets[name])
+        units = list(sizes)
+        counts = mixed_nm_counts([wanted[u] for u in units], [sizes[u] for u in units], config.sparsity, m)
+        n_of = dict(zip(units, counts))
+        return {name: 1.0 - n_of[unit_of[name]] / m for _, name, _ in layers}
 
     # -------------------------------------------------------------------------------------------- pruning
     def _calibration_inputs(self, config: AlphaPruningConfig) -> tuple[BlockInputs, dict[str, Any]]:
@@ -145,7 +192,7 @@ class AlphaPruner(OptimumQuantizer):
         for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
                 check_finite(weight_matrix(layer), name)
-        targets, block_scores = self.allocate(config)
+        targets, block_scores = self.allocate(config, show_progress)
         pruner_cls = get_pruner_class(config.method)
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
         report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
@@ -153,7 +200,7 @@ class AlphaPruner(OptimumQuantizer):
         inputs = None
         if pruner_cls.needs_calibration:
             inputs, report.calibration = self._calibration_inputs(config)
-        nm = config.nm_pattern
+        group = config.nm_group
         progress = tqdm(list(enumerate(self.blocks)), desc=f"Pruning ({config.method})", unit="block",
                         disable=not show_progress)
         for index, block in progress:
@@ -168,7 +215,9 @@ class AlphaPruner(OptimumQuantizer):
                 with align_module_device(layer):
                     weight = weight_matrix(layer)
                     check_finite(weight, names[local])
-                    new_weights[local] = pruners[local].prune(weight, targets[names[local]], nm)
+                    target = targets[names[local]]
+                    nm = (round((1.0 - target) * group), group) if group else None
+                    new_weights[local] = pruners[local].prune(weight, target, nm)
                 pruners[local].free()
             achieved, params = self._write_block(layers, new_weights, names, report)
             if inputs is not None:
