@@ -151,6 +151,16 @@ def test_sparse_checkpoint_loads_bitwise_with_plain_from_pretrained(tmp_path, dt
     assert not getattr(loaded, "is_quantized", False)
 
 
+def test_unpruned_model_saved_sparse_needs_no_plugin_and_resaving_a_loaded_model_works(tmp_path):
+    unpruned = save_pruned(tiny_model(sparsity=0.0), tmp_path / "unpruned", format="sparse")
+    assert "quantization_config" not in json.loads((unpruned / "config.json").read_text())
+    model = tiny_model()
+    loaded = load_pruned(save_pruned(model, tmp_path / "first"))
+    again = load_pruned(save_pruned(loaded, tmp_path / "second"))
+    assert_same_weights(model, again)
+    assert oct((tmp_path / "second").stat().st_mode & 0o777) == oct(0o777 & ~save_module._current_umask())
+
+
 def test_dense_checkpoint_is_plain_safetensors(tmp_path):
     model = tiny_model()
     folder = save_pruned(model, tmp_path / "dense", format="dense")

@@ -98,6 +98,10 @@ class AlphaSparseDecompress(ConversionOps):
         return {full_layer_name: dense}
 
 
+def _is_ours(conversion: Any) -> bool:
+    return any(isinstance(op, AlphaSparseDecompress) for op in getattr(conversion, "operations", ()))
+
+
 class AlphaSparseHfQuantizer(HfQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
@@ -109,6 +113,15 @@ class AlphaSparseHfQuantizer(HfQuantizer):
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return False
+
+    def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        """Forget our load-only converters: the model is dense now, and ``save_pretrained`` would
+        otherwise try to reverse them (they have no reverse) when writing a new checkpoint."""
+        for module in model.modules():
+            conversions = getattr(module, "_weight_conversions", None)
+            if conversions:
+                module._weight_conversions = [c for c in conversions if not _is_ours(c)]
+        return model
 
     def is_serializable(self) -> bool:
         return True

@@ -38,6 +38,12 @@ def library_version() -> str:
         return "unknown"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"save target {target} is a file; pass a folder path")
@@ -122,6 +128,8 @@ def _zero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Module name -> (zeros, numel) for every prunable weight."""
     counts = {}
     for key, weight in prunable_weight_keys(model).items():
+        if weight.device.type == "meta":  # offloaded to disk: not counted here
+            continue
         numel = weight.numel()
         counts[key.removesuffix(".weight")] = (numel - int(torch.count_nonzero(weight.detach() != 0)), numel)
     return counts
@@ -221,6 +229,7 @@ def save_pruned(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result should not be
     except OSError as error:
         raise CheckpointError(f"cannot write next to {target} ({error}); choose a writable folder") from error
     try:
