@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from safetensors import safe_open
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -142,6 +143,12 @@ def test_sparse_checkpoint_loads_bitwise_with_plain_from_pretrained(tmp_path, dt
     quant = config["quantization_config"]
     assert quant["quant_method"] == "alpha_sparse" and quant["format"] == "sparse-bitmask"
     assert len(quant["compressed_modules"]) == 14  # 7 Linear layers x 2 blocks
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+        marker = handle.get_tensor(quant["sentinel"])
+    assert marker.dtype == torch.uint8 and marker.dim() == 1  # the plugin-less loader trips on this
+    assert {f"model.layers.1.mlp.up_proj.{s}" for s in bitmask.SUFFIXES} <= keys
+    assert "model.layers.1.mlp.up_proj.weight" not in keys
     register()
     loaded = AutoModelForCausalLM.from_pretrained(folder)
     assert_same_weights(model, loaded)
