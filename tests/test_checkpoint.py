@@ -380,3 +380,19 @@ def test_smollm2_gguf_pruned_70_round_trips_in_both_formats(tmp_path):
         assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
         assert_same_weights(model, loaded)
         del loaded
+
+
+def test_alpha_pruner_save_pretrained_writes_a_loadable_folder_with_its_allocation(tmp_path):
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+
+    pruner = AlphaPruner.from_pretrained(tiny_model(sparsity=0.0), show_progress=False)
+    config = AlphaPruningConfig(sparsity=0.7, method="magnitude", allocation="alpha", epsilon=0.2)
+    pruner.prune(config, show_progress=False)
+    folder = pruner.save_pretrained(tmp_path / "pruned", format="sparse")
+    data = json.loads((folder / "alpha_pruning.json").read_text())
+    sparsities = [block["achieved_sparsity"] for block in data["blocks"]]
+    assert len(sparsities) == 2 and sparsities[0] != pytest.approx(sparsities[1], abs=0.05)  # non-uniform
+    assert (folder / "alpha_profile.png").is_file()
+    loaded = load_pruned(folder)
+    assert_same_weights(pruner.model, loaded)
+    assert save_module.layer_sparsities(loaded) == pytest.approx(data["layers"], abs=1e-6)
