@@ -47,11 +47,11 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
         return str(path.parent.resolve()), {"gguf_file": path.name, "dtype": torch.float32}
     if path.exists():
         if not path.is_dir():
-            raise AlphaPruningError(f"Model path {text} is a file; pass its folder or a .gguf file.")
+            raise CheckpointError(f"Model path {text} is a file; pass its folder or a .gguf file.")
         return str(path), {}
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if looks_like_path:
-        raise AlphaPruningError(
+        raise CheckpointError(
             f"Model path {text} does not exist; pass an existing folder, a .gguf file, a hub id or "
             f"'{DEFAULT_MODEL}' for the embedded default model."
         )
@@ -85,7 +85,7 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
-        raise AlphaPruningError(
+        raise CheckpointError(
             f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
             "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
         ) from err

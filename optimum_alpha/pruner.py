@@ -21,7 +21,7 @@ from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
 from .data import calibration_windows
-from .errors import AlphaPruningError
+from .errors import CalibrationDataError, CheckpointError, ConfigError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
@@ -127,7 +127,7 @@ class AlphaPruner(OptimumQuantizer):
                      max_sparsity: float, show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
         """OWL: a dense sequential pass measures each block's outlier ratio, which sets its sparsity."""
         if self.tokenizer is None:
-            raise AlphaPruningError(
+            raise CalibrationDataError(
                 "The 'owl' allocation measures outliers on calibration text, hence needs a tokenizer, and this "
                 "model has none; pass tokenizer= to AlphaPruner.from_pretrained or use allocation='alpha'."
             )
@@ -160,7 +160,7 @@ class AlphaPruner(OptimumQuantizer):
     # -------------------------------------------------------------------------------------------- pruning
     def _calibration_inputs(self, config: AlphaPruningConfig) -> tuple[BlockInputs, dict[str, Any]]:
         if self.tokenizer is None:
-            raise AlphaPruningError(
+            raise CalibrationDataError(
                 f"Method {config.method!r} needs calibration text, hence a tokenizer, and this model has none; "
                 "pass tokenizer= to AlphaPruner.from_pretrained or use method='magnitude'."
             )
@@ -189,9 +189,17 @@ class AlphaPruner(OptimumQuantizer):
         """
         config = config or AlphaPruningConfig()
         start = time.perf_counter()
-        for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
+        group = config.nm_group
+        for _, name, layer in self._layer_names():  # a bad layer in block k fails before block 0 is touched
             with align_module_device(layer):
-                check_finite(weight_matrix(layer), name)
+                weight = weight_matrix(layer)
+                check_finite(weight, name)
+                columns = weight.shape[1]
+            if group and columns % group:
+                raise ConfigError(
+                    f"N:M groups of M = {group} need every layer's input dimension to be a multiple of M, but "
+                    f"{name} has {columns}; choose an M that divides it."
+                )
         targets, block_scores = self.allocate(config, show_progress)
         pruner_cls = get_pruner_class(config.method)
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
@@ -315,7 +323,7 @@ class AlphaPruner(OptimumQuantizer):
 
         folder = Path(save_dir) if save_dir is not None else getattr(self, "saved_path", None)
         if folder is None:
-            raise AlphaPruningError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
+            raise CheckpointError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
         return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import TINY_POSITIONS, make_tiny_model
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
@@ -90,15 +91,21 @@ def test_invalid_config_raises_before_anything_is_written(kwargs, fragments, tmp
     assert not any(tmp_path.iterdir())
 
 
-def test_nm_group_that_does_not_divide_the_input_dimension(tmp_path):
-    model = make_tiny_model("llama")  # every in_features is 64 or 128
+@pytest.mark.parametrize("intermediate, nm, layer, columns", [
+    (128, "2:5", "model.layers.0.self_attn.q_proj", 64),  # no layer fits
+    (96, "16:64", "model.layers.0.mlp.down_proj", 96),  # only the MLP's down projection does not fit
+    (96, "mixed:64", "model.layers.0.mlp.down_proj", 96),
+])
+def test_nm_group_that_does_not_divide_an_input_dimension(intermediate, nm, layer, columns, tmp_path):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
     pruner = AlphaPruner.from_pretrained(model, run_analysis=False)
     before = snapshot(model)
     with pytest.raises(ConfigError) as info:
-        pruner.quantize(tmp_path / "out", method="magnitude", nm="2:5")
-    fragments_in(info.value, "2:5", "multiple of M", "it is 64", "choose an M that divides it")
+        pruner.quantize(tmp_path / "out", method="magnitude", allocation="uniform", nm=nm)
+    fragments_in(info.value, "multiple of M", f"{layer} has {columns}", "choose an M that divides it")
     assert_unchanged(model, before)
-    assert pruner.last_report is not None and pruner.last_report.blocks == []
     assert not any(tmp_path.iterdir())
 
 
@@ -206,6 +213,18 @@ def test_bad_calibration_source_fails_before_any_block(case, method, tiny_tokeni
     assert sorted(tmp_path.iterdir()) == files
 
 
+@pytest.mark.parametrize("config", [{"method": "wanda"}, {"method": "magnitude", "allocation": "owl"}])
+def test_calibration_without_a_tokenizer(config, tmp_path):
+    model = make_tiny_model("llama")
+    pruner = AlphaPruner.from_pretrained(model, run_analysis=False)
+    before = snapshot(model)
+    with pytest.raises(CalibrationDataError) as info:
+        pruner.quantize(tmp_path / "out", **config)
+    fragments_in(info.value, "calibration text", "tokenizer", "pass tokenizer= to AlphaPruner.from_pretrained")
+    assert_unchanged(model, before)
+    assert not any(tmp_path.iterdir())
+
+
 def test_seqlen_above_the_model_positions(tiny_tokenizer, calibration_file, tmp_path):
     model = make_tiny_model("gpt2")
     pruner = AlphaPruner.from_pretrained(model, tokenizer=tiny_tokenizer, run_analysis=False)
@@ -291,7 +310,15 @@ def test_gguf_path_that_does_not_exist(tmp_path):
     with pytest.raises(CheckpointError) as info:
         AlphaPruner.from_pretrained(str(tmp_path), file_name="tiny.Q4_0.gguf")
     fragments_in(info.value, "tiny.Q4_0.gguf does not exist in", str(tmp_path), "check file_name=")
+    with pytest.raises(CheckpointError) as info:
+        AlphaPruner.from_pretrained(str(tmp_path / "no" / "model"))
+    fragments_in(info.value, "does not exist", "pass an existing folder, a .gguf file, a hub id")
     assert not any(tmp_path.iterdir())
+
+
+def test_push_before_save(pruned):
+    with pytest.raises(CheckpointError, match="call save_pretrained.*before push_to_hub"):
+        pruned.push_to_hub("user/tiny")
 
 
 # ------------------------------------------------------------------------------------------ evaluation
