@@ -264,6 +264,18 @@ def test_existing_output_folder_without_overwrite(pruned, tmp_path):
     assert tree(tmp_path) == {"out/notes.txt": b"user data"}
 
 
+def test_quantize_refuses_the_folder_before_pruning(tmp_path):
+    model = make_tiny_model("llama")
+    pruner = AlphaPruner.from_pretrained(model, run_analysis=False)
+    before = snapshot(model)
+    (tmp_path / "notes.txt").write_text("user data")
+    with pytest.raises(CheckpointError, match="already exists and is not empty; pass overwrite=True"):
+        pruner.quantize(tmp_path, method="magnitude", allocation="uniform")
+    assert_unchanged(model, before)
+    assert pruner.last_report is None
+    assert tree(tmp_path) == {"notes.txt": b"user data"}
+
+
 def test_output_path_that_is_a_file(pruned, tmp_path):
     target = tmp_path / "model.bin"
     target.write_bytes(b"\x00\x01")
