@@ -87,7 +87,8 @@ class AlphaSparseDecompress(ConversionOps):
                     "incomplete, save it again with optimum_alpha.checkpoint.save_pruned"
                 )
             parts[suffix] = value[0] if isinstance(value, list) else value
-        # Any other collected key is the sentinel marker for this weight: it carries no data and is dropped.
+        # transformers sorts checkpoint keys, so the marker `<module>.weight` (see sparse_files.py) comes
+        # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
         target_dtype = None
         if model is not None and full_layer_name is not None:
             try:
