@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import nn
+
 from .errors import ConfigError
+from .model_utils import weight_matrix
 
 
 def check_mixed_sparsity(sparsity: float, m: int) -> None:
@@ -43,3 +46,14 @@ def mixed_nm_counts(unit_sparsities: Sequence[float], param_counts: Sequence[int
         chosen = max(movable, key=lambda i: step * (wanted[i] - counts[i]))
         counts[chosen] += step
         current += step * param_counts[chosen]
+
+
+def check_nm_divisible(layers: Sequence[tuple[int, str, nn.Module]], m: int) -> None:
+    """Fail before anything is pruned when a layer's input dimension is not a multiple of M."""
+    for _, name, layer in layers:
+        columns = weight_matrix(layer).shape[1]
+        if columns % m:
+            raise ConfigError(
+                f"N:M with M = {m} needs every layer's input dimension to be a multiple of M, but {name} has "
+                f"{columns}; choose an M that divides it (4 and 8 fit most models)."
+            )

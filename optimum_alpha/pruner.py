@@ -26,7 +26,7 @@ from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
 from .models import load_model
-from .nm import mixed_nm_counts
+from .nm import check_nm_divisible, mixed_nm_counts
 from .offload import write_layer_weight
 from .owl import collect_outlier_ratios, owl_allocation
 from .pruning import get_pruner_class
@@ -93,6 +93,8 @@ class AlphaPruner(OptimumQuantizer):
         """Per-layer target sparsities and per-block scores (None when no score is used; OWL's outlier
         ratios with ``allocation="owl"``). With ``nm="mixed:M"`` every target is 1 - N/M for a whole N."""
         layers = self._layer_names()
+        if config.nm_group is not None:
+            check_nm_divisible(layers, config.nm_group)
         if config.nm_pattern is not None:
             n, m = config.nm_pattern
             return {name: 1.0 - n / m for _, name, _ in layers}, [None] * len(self.blocks)
