@@ -213,6 +213,38 @@ def table_epsilon(runner: Runner, args: argparse.Namespace) -> tuple[str, dict]:
                                                               "title": title}
 
 
+def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
+    """Per-block α and target sparsity of every (granularity, bound, ε) setting: no pruning, ESD only."""
+    from optimum_alpha import AlphaPruningConfig
+
+    pruner, sparsity, metric = runner.session.pruner, args.sparsities[0], args.metrics[0]
+    layers = pruner._layer_names()
+    sizes = [0] * len(pruner.blocks)
+    for i, _, layer in layers:
+        sizes[i] += layer.weight.numel()
+    columns, headers = [], ["block", metric]
+    for granularity in args.granularity:
+        for bound in args.max_sparsity:
+            for epsilon in args.epsilons:
+                config = AlphaPruningConfig(sparsity=sparsity, metric=metric, epsilon=epsilon, granularity=granularity,
+                                            max_sparsity=1.0 if bound is None else bound)
+                with reference_allocation() if bound is None else contextlib.nullcontext():
+                    targets, _ = pruner.allocate(config)
+                per_block = [0.0] * len(pruner.blocks)
+                for i, name, layer in layers:
+                    per_block[i] += targets[name] * layer.weight.numel() / sizes[i]
+                columns.append(per_block)
+                headers.append(f"{granularity[0]} {bound_label(bound)} ε{epsilon:g}")
+    scores = [b.metrics[metric] for b in pruner.esd_report.blocks]
+    rows = [[i, f"{scores[i]:.3f}"] + [f"{c[i]:.3f}" for c in columns] for i in range(len(scores))]
+    total = sum(sizes)
+    rows.append(["total", "-"] + [f"{sum(c[i] * sizes[i] for i in range(len(sizes))) / total:.4f}"
+                                  for c in columns])
+    title = (f"target sparsity per block at {sparsity:.0%} (b = block, m = matrix granularity, shown as the "
+             "block's parameter-weighted mean; bound none = reference mapping, where 1.000 means emptied and the total falls short)")
+    return title + "\n\n" + markdown_table(headers, rows)
+
+
 def plot_epsilon(data: dict, path: str) -> None:
     import matplotlib
 
@@ -243,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--table", choices=["1", "2", "eps"], default="1")
+    p.add_argument("--table", choices=["1", "2", "eps", "alloc"], default="1",
+                   help="alloc: per-block allocations only (ESD, no pruning)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: magnitude wanda sparsegpt (table 1), wanda (tables 2 and eps)")
     p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "alpha"])
@@ -280,6 +313,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
         body = table_main(runner, args)
     elif args.table == "2":
         body = table_metrics(runner, args)
+    elif args.table == "alloc":
+        body = table_allocation(runner, args)
     else:
         body, data = table_epsilon(runner, args)
         if args.plot:

@@ -40,7 +40,7 @@ def test_markdown_table_formats_floats_and_missing_cells():
 
 def test_quality_table_one_has_a_row_per_method_and_allocation(factory, capsys, tmp_path):
     log = tmp_path / "runs.jsonl"
-    text = quality.main(["--table", "1", "--methods", "magnitude", "wanda", "--sparsities", "0.5", "0.7",
+    text = quality.main(["--table", "1", "--methods", "magnitude", "wanda", "--sparsities", "0.7",
                          "--log", str(log)] + TINY_QUALITY, model_factory=factory)
     rows = table_rows(text)
     assert [r[:2] for r in rows] == [["dense", "-"]] + [[m, a] for m in ("magnitude", "wanda")
@@ -48,7 +48,7 @@ def test_quality_table_one_has_a_row_per_method_and_allocation(factory, capsys, 
     assert all(float(cell) > 1.0 for row in rows for cell in row[2:])
     assert "alpha (" in text  # the verdict lines against uniform and OWL
     runs = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(runs) == 1 + 2 * 3 * 2
+    assert len(runs) == 1 + 2 * 3
     pruned = [r for r in runs if r["kind"] == "pruned"]
     assert all(abs(r["total_sparsity"] - r["sparsity"]) < 0.01 for r in pruned)
     assert "## quality --table 1" in capsys.readouterr().out
@@ -66,13 +66,13 @@ def test_quality_metric_table_lists_uniform_and_every_metric(factory):
 def test_quality_epsilon_sweep_covers_the_grid_and_plots(factory, tmp_path):
     plot = tmp_path / "eps.png"
     text = quality.main(["--table", "eps", "--epsilons", "0.1", "0.5", "--max-sparsity", "none", "0.95",
-                         "--granularity", "block", "matrix", "--seeds", "0", "1", "--sparsities", "0.8",
+                         "--granularity", "block", "matrix", "--sparsities", "0.8",
                          "--plot", str(plot)] + TINY_QUALITY, model_factory=factory)
     rows = table_rows(text)
     assert rows[0][0] == "uniform"
     grid = [tuple(r[:3]) for r in rows[1:]]
     assert grid == [(g, b, e) for g in ("block", "matrix") for b in ("none", "0.95") for e in ("0.1", "0.5")]
-    assert all(len(r) == 4 + 2 + 1 for r in rows)
+    assert all(len(r) == 4 + 1 + 1 for r in rows)  # one seed column and the mean
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -122,3 +122,14 @@ def test_speed_pruning_split_has_a_row_per_method(factory):
         values = [float(c) for c in row[1:7]]
         assert all(v >= 0 for v in values)
     assert float(rows[0][1]) == 0.0  # magnitude runs no calibration forward pass
+
+
+def test_quality_allocation_table_has_a_row_per_block_and_exact_totals(factory):
+    text = quality.main(["--table", "alloc", "--epsilons", "0.2", "0.5", "--max-sparsity", "none", "0.9",
+                         "--granularity", "block", "matrix", "--sparsities", "0.8"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["0", "1", "2", "total"]
+    assert len(rows[0]) == 2 + 2 * 2 * 2
+    bounded = [i for i, h in enumerate(text.split("| block |")[1].splitlines()[0].split("|")) if " 0.9 " in h]
+    assert bounded and all(float(rows[-1][i + 1]) == pytest.approx(0.8, abs=1e-3) for i in bounded)
+    assert all(float(r[i + 1]) <= 0.9 + 1e-9 for r in rows[:-1] for i in bounded)
