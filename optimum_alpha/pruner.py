@@ -25,7 +25,7 @@ from .errors import CalibrationDataError, CheckpointError, ConfigError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
-from .models import load_model
+from .models import base_model_id, load_model
 from .nm import check_nm_divisible, mixed_nm_counts
 from .offload import write_layer_weight
 from .owl import collect_outlier_ratios, owl_allocation
@@ -298,7 +298,7 @@ class AlphaPruner(OptimumQuantizer):
         return {
             "library": "optimum-alpha",
             "version": __version__,
-            "base_model": self.source,
+            "base_model": base_model_id(self.source),
             "config": report.config if report else None,
             "metric": report.config.get("metric") if report else None,
             "blocks": [
