@@ -115,3 +115,11 @@ def test_perplexity_follows_the_standard_protocol(tiny_tokenizer):
     assert measured == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="needs a tokenizer"):
         perplexity(model, None)
+
+
+def test_embedded_model_alias_records_its_hub_id():
+    from optimum_alpha.models import SMOLLM2_HUB_ID, base_model_id
+
+    assert base_model_id("smollm2-135m") == SMOLLM2_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_id("org/model") == "org/model"
+    assert base_model_id(None) is None
