@@ -21,7 +21,7 @@ from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
 from .data import calibration_windows
-from .errors import CalibrationDataError, CheckpointError, ConfigError
+from .errors import CalibrationDataError, CheckpointError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
@@ -191,17 +191,9 @@ class AlphaPruner(OptimumQuantizer):
         """
         config = config or AlphaPruningConfig()
         start = time.perf_counter()
-        group = config.nm_group
-        for _, name, layer in self._layer_names():  # a bad layer in block k fails before block 0 is touched
+        for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
-                weight = weight_matrix(layer)
-                check_finite(weight, name)
-                columns = weight.shape[1]
-            if group and columns % group:
-                raise ConfigError(
-                    f"N:M groups of M = {group} need every layer's input dimension to be a multiple of M, but "
-                    f"{name} has {columns}; choose an M that divides it."
-                )
+                check_finite(weight_matrix(layer), name)
         targets, block_scores = self.allocate(config, show_progress)
         pruner_cls = get_pruner_class(config.method)
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
