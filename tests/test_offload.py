@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 from accelerate import cpu_offload
-from accelerate.utils import align_module_device
+from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset, align_module_device
 from transformers import AutoModelForCausalLM
 
 from optimum_alpha import AlphaPruningConfig
@@ -122,9 +122,12 @@ def test_plain_dict_maps_and_in_memory_layers():
     write_layer_weight(layer, torch.ones(3, 4))
     assert torch.equal(layer.weight.data, torch.ones(3, 4))
     storage = {"block.fc.weight": torch.zeros(3, 4)}
-    from accelerate.utils import PrefixedDataset
-
     store_offloaded(PrefixedDataset(storage, "block.fc."), "weight", torch.full((3, 4), 2.0))
     assert torch.equal(storage["block.fc.weight"], torch.full((3, 4), 2.0))
     with pytest.raises(ValueError, match="device map does not match"):
         store_offloaded(storage, "block.fc.weight", torch.zeros(2, 2))
+    # dispatch_model's CPU offload: an OffloadedWeightsLoader whose state_dict holds the tensors.
+    kept = torch.zeros(3, 4, dtype=torch.float16)
+    loader = OffloadedWeightsLoader(state_dict={"fc.weight": kept})
+    store_offloaded(PrefixedDataset(loader, "fc."), "weight", torch.full((3, 4), 0.5))
+    assert kept.dtype == torch.float16 and torch.equal(loader["fc.weight"], torch.full((3, 4), 0.5).half())
