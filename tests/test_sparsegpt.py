@@ -101,6 +101,8 @@ def test_hessian_is_a_running_mean_of_token_outer_products():
         pruner.add_batch(chunk)
     assert pruner.tokens == 300
     torch.testing.assert_close(pruner.hessian, 2 * x.T @ x / 300, rtol=1e-4, atol=1e-5)
+    pruner.free()  # the pipeline frees each layer's Hessian as soon as the layer is pruned
+    assert pruner.hessian is None
 
 
 def test_invalid_options_raise_config_errors():

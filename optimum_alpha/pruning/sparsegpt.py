@@ -60,6 +60,9 @@ class SparseGPTPruner(LayerPruner):
         pruned = self._prune_columns(w, inverse_factor, sparsity, nm)
         return pruned.to(device=weight.device, dtype=weight.dtype)
 
+    def free(self) -> None:
+        self.hessian = None
+
     def _inverse_hessian_factor(self, w: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), after handling dead inputs and dampening H."""
         h = self.hessian.clone()
