@@ -6,10 +6,13 @@ Follows optimum's quantizer pattern (``OptimumQuantizer``: ``from_pretrained`` +
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from accelerate.utils import align_module_device
@@ -221,19 +224,22 @@ class AlphaPruner(OptimumQuantizer):
                     nm = (round((1.0 - target) * group), group) if group else None
                     new_weights[local] = pruners[local].prune(weight, target, nm)
                 pruners[local].free()
-            achieved, params = self._write_block(layers, new_weights, names, report)
+            wanted = sum(targets[names[k]] * weight_numel(layers[k]) for k in layers)
+            with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
+                achieved, params = self._write_block(layers, new_weights, names, report)
+                report.blocks.append(
+                    BlockReport(
+                        index=index,
+                        score=block_scores[index],
+                        target_sparsity=wanted / params,
+                        achieved_sparsity=achieved / params,
+                        num_params=params,
+                        seconds=0.0,
+                    )
+                )
             if inputs is not None:
                 inputs.hidden_states = run_block(block, inputs)
-            report.blocks.append(
-                BlockReport(
-                    index=index,
-                    score=block_scores[index],
-                    target_sparsity=sum(targets[names[k]] * weight_numel(layers[k]) for k in layers) / params,
-                    achieved_sparsity=achieved / params,
-                    num_params=params,
-                    seconds=time.perf_counter() - block_start,
-                )
-            )
+            report.blocks[-1].seconds = time.perf_counter() - block_start
             report.elapsed_s = time.perf_counter() - start
         report.completed = True
         logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
@@ -324,6 +330,28 @@ class AlphaPruner(OptimumQuantizer):
         if folder is None:
             raise CheckpointError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
         return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[None]:
+    """Delay SIGINT (Ctrl-C) until the block exits, then deliver it to the previous handler.
+
+    Only the main thread can set signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, held[0])
+        else:
+            raise KeyboardInterrupt
 
 
 def weight_numel(layer: nn.Module) -> int:

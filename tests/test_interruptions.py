@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import transformers.modeling_utils
 
 from conftest import make_tiny_model
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
+from optimum_alpha import pruner as pruner_module
 from optimum_alpha.checkpoint import sparse_files
 from optimum_alpha.data import load_texts
 from optimum_alpha.errors import CheckpointError
@@ -223,3 +225,25 @@ def test_interrupt_during_the_calibration_pass_of_block_k(exception, k, referenc
         model.model.layers[k].mlp.down_proj.register_forward_hook(hook)
 
     assert_interrupted_at(k, *run_prune("wanda", calibration_file, tiny_tokenizer, arm), reference, "wanda")
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_ctrl_c_while_block_k_is_written_lets_the_block_finish(k, reference, calibration_file, tiny_tokenizer,
+                                                                monkeypatch):
+    """A real SIGINT arriving between two layer writes is held until block k is written and reported."""
+    original_write = pruner_module.write_layer_weight
+    written = []
+
+    def write(layer, matrix):
+        original_write(layer, matrix)
+        written.append(layer)
+        if len(written) == 7 * k + 2:  # Llama blocks have 7 Linear layers: the 2nd write of block k
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(pruner_module, "write_layer_weight", write)
+    handler = signal.getsignal(signal.SIGINT)
+    model, pruner, error = run_prune("magnitude", calibration_file, tiny_tokenizer)
+    assert isinstance(error, KeyboardInterrupt)
+    assert len(written) == 7 * (k + 1)  # the rest of block k was written, nothing of block k + 1
+    assert_interrupted_at(k + 1, model, pruner, error, reference, "magnitude")
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
