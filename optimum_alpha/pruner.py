@@ -190,7 +190,9 @@ class AlphaPruner(OptimumQuantizer):
 
         Blocks are processed in order. Each block's new weights are all computed before any is written, so an
         interruption (KeyboardInterrupt or error) leaves blocks ``0..k-1`` fully pruned and the others
-        untouched; ``self.last_report`` then lists the completed blocks with ``completed=False``.
+        untouched; ``self.last_report`` then lists the completed blocks with ``completed=False``. A Ctrl-C
+        that arrives while a block is being written is held until that block is written and reported.
+        Every weight is checked for NaN/Inf before block 0 is touched. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
         start = time.perf_counter()
