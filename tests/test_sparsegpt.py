@@ -57,6 +57,13 @@ def test_achieved_sparsity_is_exact(sparsity, blocksize):
     assert int((pruned == 0).sum()) == round(weight.numel() * sparsity)
 
 
+def test_zero_sparsity_leaves_the_weights_unchanged():
+    weight = torch.randn(12, 40, generator=torch.Generator().manual_seed(12))
+    pruner = SparseGPTPruner(nn.Linear(40, 12), "layer", blocksize=16)
+    pruner.add_batch(correlated_inputs(100, 40, 13))
+    assert torch.equal(pruner.prune(weight, 0.0), weight)
+
+
 def test_nm_pattern_holds_in_every_group():
     weight = torch.randn(16, 48, generator=torch.Generator().manual_seed(5))
     pruner = SparseGPTPruner(nn.Linear(48, 16), "layer", blocksize=10)  # not a multiple of 8: rounded up
