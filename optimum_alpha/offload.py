@@ -84,6 +84,13 @@ def write_layer_weight(layer: nn.Module, matrix: torch.Tensor) -> None:
     """Write a pruned (out, in) matrix into the layer wherever its weight lives (memory, CPU or disk offload)."""
     hook = offload_hook(layer)
     if hook is None:
+        if layer.weight.device.type == "meta":
+            # Copying into a meta tensor is a silent no-op: refuse rather than lose the pruned weights.
+            raise ModelStructureError(
+                f"The weight of {type(layer).__name__} is on the meta device and no accelerate offload hook of "
+                "the layer holds it, so the pruned values cannot be stored. Load the model with "
+                "from_pretrained(..., device_map=...) (one hook per layer) or fully in memory."
+            )
         set_weight_matrix(layer, matrix)
         return
     value = matrix.t() if Conv1D and isinstance(layer, Conv1D) else matrix

@@ -131,3 +131,5 @@ def test_plain_dict_maps_and_in_memory_layers():
     loader = OffloadedWeightsLoader(state_dict={"fc.weight": kept})
     store_offloaded(PrefixedDataset(loader, "fc."), "weight", torch.full((3, 4), 0.5))
     assert kept.dtype == torch.float16 and torch.equal(loader["fc.weight"], torch.full((3, 4), 0.5).half())
+    with pytest.raises(ValueError, match="meta device"):
+        write_layer_weight(torch.nn.Linear(4, 3, device="meta"), torch.ones(3, 4))
