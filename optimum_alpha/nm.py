@@ -27,7 +27,8 @@ def check_mixed_sparsity(sparsity: float, m: int) -> None:
         )
 
 
-def mixed_nm_counts(unit_sparsities: Sequence[float], param_counts: Sequence[int], sparsity: float, m: int) -> list[int]:
+def mixed_nm_counts(unit_sparsities: Sequence[float], param_counts: Sequence[int], sparsity: float,
+                    m: int) -> list[int]:
     """N per unit following the continuous allocation, with the total kept fraction closest to 1 − S."""
     check_mixed_sparsity(sparsity, m)
     if len(unit_sparsities) != len(param_counts):

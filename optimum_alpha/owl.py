@@ -32,7 +32,8 @@ def _wanda_scores(layer: nn.Module, squared_norms: torch.Tensor) -> torch.Tensor
         return weight.abs().float() * squared_norms.to(weight.device).sqrt()[None, :]
 
 
-def block_outlier_ratio(layers: dict[str, nn.Module], squared_norms: dict[str, torch.Tensor], threshold: float) -> float:
+def block_outlier_ratio(layers: dict[str, nn.Module], squared_norms: dict[str, torch.Tensor],
+                        threshold: float) -> float:
     """Share of the block's Wanda scores (all layers pooled) above ``threshold`` × their mean.
 
     Scores are computed twice, once for the mean and once for the count, so that only one layer's scores
@@ -44,7 +45,8 @@ def block_outlier_ratio(layers: dict[str, nn.Module], squared_norms: dict[str, t
         total += float(scores.sum(dtype=torch.float64))
         count += scores.numel()
     cutoff = threshold * total / count
-    above = sum(int((_wanda_scores(layer, squared_norms[name]) > cutoff).sum()) for name, layer in layers.items())
+    above = sum(int((_wanda_scores(layer, squared_norms[name]) > cutoff).sum())
+                for name, layer in layers.items())
     return above / count
 
 

@@ -201,7 +201,8 @@ class AlphaPruner(OptimumQuantizer):
                 check_finite(weight_matrix(layer), name)
         targets, block_scores = self.allocate(config, show_progress)
         pruner_cls = get_pruner_class(config.method)
-        options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if config.method == "sparsegpt" else {}
+        sparsegpt = config.method == "sparsegpt"
+        options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if sparsegpt else {}
         report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
         self.last_report = report
         inputs = None
