@@ -90,19 +90,20 @@ class Session:
         """Put the dense weights back (the ESD analysis stays valid: it was computed on them)."""
         self.model.load_state_dict(self.dense_state)
 
-    def perplexity(self, seqlen: int | None, max_windows: int | None) -> float:
+    def perplexity(self, seqlen: int | None, max_windows: int | None, dataset: Any = "wikitext2") -> float:
         from optimum_alpha.evaluate import perplexity
 
-        return perplexity(self.model, self.tokenizer, seqlen=seqlen, max_windows=max_windows,
+        return perplexity(self.model, self.tokenizer, dataset=dataset, seqlen=seqlen, max_windows=max_windows,
                           show_progress=self.show_progress)
 
-    def run(self, config: Any, eval_seqlen: int | None, max_windows: int | None) -> RunResult:
+    def run(self, config: Any, eval_seqlen: int | None, max_windows: int | None,
+            dataset: Any = "wikitext2") -> RunResult:
         """Prune the dense model with ``config`` and evaluate it; the model is pruned afterwards."""
         self.restore()
         start = time.perf_counter()
         _, report = self.pruner.prune(config, show_progress=self.show_progress)
         prune_s = time.perf_counter() - start
         start = time.perf_counter()
-        ppl = self.perplexity(eval_seqlen, max_windows)
+        ppl = self.perplexity(eval_seqlen, max_windows, dataset)
         return RunResult(ppl, prune_s, time.perf_counter() - start, report.total_sparsity,
                          [b.target_sparsity for b in report.blocks])

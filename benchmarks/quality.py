@@ -86,7 +86,7 @@ class Runner:
         if key not in self.cache:
             self.session.restore()
             start = time.perf_counter()
-            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows)
+            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
             self._record(key, {"kind": "dense", "perplexity": ppl, "eval_s": time.perf_counter() - start})
         return self.cache[key]["perplexity"]
 
@@ -117,7 +117,7 @@ class Runner:
                     self.cache[key] = {**self.cache[same], "bound": bound_label(bound), "epsilon": epsilon,
                                        "metric": metric, "granularity": granularity}
                     return self.cache[key]
-            result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows)
+            result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
         record = {
             "kind": "pruned", "method": method, "allocation": allocation, "sparsity": sparsity, "seed": seed,
             "metric": metric, "epsilon": epsilon, "bound": bound_label(bound) if allocation == "alpha" else "-",
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: all)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window (default 2048)")
+    p.add_argument("--eval-dataset", default="wikitext2", help="wikitext2 (test split) or a local text file")
     p.add_argument("--plot", default=None, help="PNG path for the ε sweep")
     p.add_argument("--log", default=None, help="append every run as a JSON line to this file")
     p.add_argument("--progress", action="store_true")

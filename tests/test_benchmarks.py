@@ -25,6 +25,16 @@ def factory(tiny_tokenizer):
     return lambda: (make_tiny_model("llama", layers=3), tiny_tokenizer)
 
 
+@pytest.fixture(scope="module")
+def eval_text(tmp_path_factory) -> list[str]:
+    """Tiny quality flags evaluating on the start of WikiText-2 test (tokenizing all of it per run is slow)."""
+    from optimum_alpha.data import load_texts
+
+    path = tmp_path_factory.mktemp("eval") / "wikitext_head.txt"
+    path.write_text("\n\n".join(load_texts("wikitext2")[:200]))
+    return TINY_QUALITY + ["--eval-dataset", str(path)]
+
+
 def table_rows(text: str) -> list[list[str]]:
     """Cells of the markdown table's rows (header and separator excluded)."""
     rows = []
@@ -39,10 +49,10 @@ def test_markdown_table_formats_floats_and_missing_cells():
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| x | 2.5e+06 |"]
 
 
-def test_quality_table_one_has_a_row_per_method_and_allocation(factory, capsys, tmp_path):
+def test_quality_table_one_has_a_row_per_method_and_allocation(factory, eval_text, capsys, tmp_path):
     log = tmp_path / "runs.jsonl"
     text = quality.main(["--table", "1", "--methods", "magnitude", "wanda", "--sparsities", "0.7",
-                         "--log", str(log)] + TINY_QUALITY, model_factory=factory)
+                         "--log", str(log)] + eval_text, model_factory=factory)
     rows = table_rows(text)
     assert [r[:2] for r in rows] == [["dense", "-"]] + [[m, a] for m in ("magnitude", "wanda")
                                                          for a in ("uniform", "owl", "alpha")]
@@ -55,8 +65,8 @@ def test_quality_table_one_has_a_row_per_method_and_allocation(factory, capsys, 
     assert "## quality --table 1" in capsys.readouterr().out
 
 
-def test_quality_metric_table_lists_uniform_and_every_metric(factory):
-    text = quality.main(["--table", "2", "--metrics", "alpha_hill", "spectral_norm"] + TINY_QUALITY,
+def test_quality_metric_table_lists_uniform_and_every_metric(factory, eval_text):
+    text = quality.main(["--table", "2", "--metrics", "alpha_hill", "spectral_norm"] + eval_text,
                         model_factory=factory)
     rows = table_rows(text)
     assert [r[0] for r in rows] == ["uniform", "alpha_hill", "spectral_norm"]
@@ -64,11 +74,11 @@ def test_quality_metric_table_lists_uniform_and_every_metric(factory):
     assert all(r[3] in ("yes", "no", "-") for r in rows)
 
 
-def test_quality_epsilon_sweep_covers_the_grid_and_plots(factory, tmp_path):
+def test_quality_epsilon_sweep_covers_the_grid_and_plots(factory, eval_text, tmp_path):
     plot = tmp_path / "eps.png"
     text = quality.main(["--table", "eps", "--epsilons", "0.1", "0.5", "--max-sparsity", "none", "0.95",
                          "--granularity", "block", "matrix", "--sparsities", "0.8",
-                         "--plot", str(plot)] + TINY_QUALITY, model_factory=factory)
+                         "--plot", str(plot)] + eval_text, model_factory=factory)
     rows = table_rows(text)
     assert rows[0][0] == "uniform"
     grid = [tuple(r[:3]) for r in rows[1:]]
