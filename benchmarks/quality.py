@@ -80,6 +80,22 @@ class Runner:
         self.args = args
         self.cache: dict[tuple, dict[str, Any]] = {}
         self.log = Path(args.log) if args.log else None
+        for path in args.resume or []:
+            self._load(Path(path))
+
+    def _load(self, path: Path) -> None:
+        """Reuse the runs of an earlier log (same calibration/evaluation settings: the caller's promise)."""
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["kind"] == "dense":
+                self.cache[("dense",)] = record
+                continue
+            if record["bound"] == "-" and record["allocation"] != "uniform":
+                continue  # an OWL run logged without its bound
+            bound = 0.99 if record["allocation"] == "uniform" else parse_bound(record["bound"])
+            key = (record["method"], record["allocation"], round(record["sparsity"], 6), record["seed"],
+                   record["metric"], record["epsilon"], bound, record["granularity"])
+            self.cache[key] = record
 
     def dense(self) -> float:
         key = ("dense",)
@@ -120,7 +136,7 @@ class Runner:
             result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
         record = {
             "kind": "pruned", "method": method, "allocation": allocation, "sparsity": sparsity, "seed": seed,
-            "metric": metric, "epsilon": epsilon, "bound": bound_label(bound) if allocation == "alpha" else "-",
+            "metric": metric, "epsilon": epsilon, "bound": "-" if allocation == "uniform" else bound_label(bound),
             "granularity": granularity, "perplexity": result.perplexity, "prune_s": result.prune_s,
             "eval_s": result.eval_s, "total_sparsity": result.total_sparsity,
             "max_block_target": max(result.block_targets), "min_block_target": min(result.block_targets),
@@ -297,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-dataset", default="wikitext2", help="wikitext2 (test split) or a local text file")
     p.add_argument("--plot", default=None, help="PNG path for the ε sweep")
     p.add_argument("--log", default=None, help="append every run as a JSON line to this file")
+    p.add_argument("--resume", nargs="+", default=None,
+                   help="reuse the runs of earlier --log files made with the same settings (not re-checked)")
     p.add_argument("--progress", action="store_true")
     return p
 

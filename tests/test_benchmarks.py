@@ -63,6 +63,10 @@ def test_quality_table_one_has_a_row_per_method_and_allocation(factory, eval_tex
     pruned = [r for r in runs if r["kind"] == "pruned"]
     assert all(abs(r["total_sparsity"] - r["sparsity"]) < 0.01 for r in pruned)
     assert "## quality --table 1" in capsys.readouterr().out
+    again = quality.main(["--table", "1", "--methods", "magnitude", "wanda", "--sparsities", "0.7",
+                          "--resume", str(log)] + eval_text, model_factory=factory)
+    assert table_rows(again) == rows
+    assert "run: " not in capsys.readouterr().out  # every run came from the log
 
 
 def test_quality_metric_table_lists_uniform_and_every_metric(factory, eval_text):
