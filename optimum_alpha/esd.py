@@ -35,8 +35,10 @@ from .model_utils import check_finite, find_blocks, find_prunable_layers, weight
 METRICS: tuple[str, ...] = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
 FixFinger = Literal["reference", "strict"]
 HISTOGRAM_BINS = 100
-# Eigenvalues below this fraction of λ_max are numerically zero (float64 Gram matrix): excluded from the fit.
-ZERO_EIGENVALUE_RTOL = 1e-10
+# An eigenvalue of a float64 Gram matrix is exact to about N·eps·λ_max; below ZERO_EIGENVALUE_ULPS times
+# that it is a numerical zero and is left out of the fit. (A fixed 1e-10·λ_max threshold dropped genuine
+# small eigenvalues of SmolLM2 matrices, moving the ESD peak and so the fitted alpha.)
+ZERO_EIGENVALUE_ULPS = 10.0
 # Bounds the (candidates x eigenvalues) KS matrix to about 32 MiB of float64 at a time.
 _KS_CHUNK_ELEMENTS = 4 * 1024 * 1024
 
@@ -64,11 +66,13 @@ class HillFit:
     n_tail: int
 
 
-def _nonzero(eigenvalues: torch.Tensor, name: str) -> torch.Tensor:
+def nonzero_eigenvalues(eigenvalues: torch.Tensor, name: str = "matrix") -> torch.Tensor:
+    """The eigenvalues above float64 round-off (see ZERO_EIGENVALUE_ULPS); errors if fewer than 3 remain."""
     if not torch.isfinite(eigenvalues).all():
         raise ModelStructureError(f"The spectrum of {name} contains NaN/Inf; the weight is not finite.")
     lam_max = float(eigenvalues.max()) if eigenvalues.numel() else 0.0
-    nz = eigenvalues[eigenvalues > lam_max * ZERO_EIGENVALUE_RTOL] if lam_max > 0 else eigenvalues[:0]
+    threshold = lam_max * eigenvalues.numel() * ZERO_EIGENVALUE_ULPS * torch.finfo(torch.float64).eps
+    nz = eigenvalues[eigenvalues > threshold] if lam_max > 0 else eigenvalues[:0]
     if nz.numel() < 3:
         raise ModelStructureError(
             f"The spectrum of {name} has {nz.numel()} non-zero eigenvalue(s); at least 3 are needed for a "
@@ -87,7 +91,7 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
     """
     if fix_finger not in ("reference", "strict"):
         raise ConfigError(f"Unknown fix_finger mode {fix_finger!r}; use 'reference' or 'strict'.")
-    lam = _nonzero(torch.sort(eigenvalues.to(torch.float64)).values, name)
+    lam = nonzero_eigenvalues(torch.sort(eigenvalues.to(torch.float64)).values, name)
     n_total = lam.numel()
     log_lam = torch.log(lam)
     log10_lam = log_lam / math.log(10.0)
@@ -132,7 +136,7 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
 def spectrum_metrics(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix"):
     """All metrics of one spectrum, plus its Hill fit (for xmin / KS reporting)."""
     fit = hill_fit(eigenvalues, fix_finger=fix_finger, name=name)
-    lam = _nonzero(eigenvalues.to(torch.float64), name)
+    lam = nonzero_eigenvalues(eigenvalues.to(torch.float64), name)
     total = float(lam.sum())
     lam_max = float(lam.max())
     p = lam / total

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from optimum_alpha.errors import ModelStructureError
-from optimum_alpha.esd import METRICS, ESDReport, analyze, hill_fit, matrix_eigenvalues, spectrum_metrics
+from optimum_alpha.esd import (
+    METRICS,
+    ESDReport,
+    analyze,
+    hill_fit,
+    matrix_eigenvalues,
+    nonzero_eigenvalues,
+    spectrum_metrics,
+)
 from optimum_alpha.model_utils import PRUNABLE_TYPES, find_blocks
 
 
@@ -30,6 +38,19 @@ def test_eigenvalues_of_rank_deficient_matrix_are_never_negative():
     eigenvalues = matrix_eigenvalues(low_rank)
     assert torch.all(eigenvalues >= 0)
     assert int((eigenvalues > eigenvalues.max() * 1e-10).sum()) == 5
+
+
+def test_small_genuine_eigenvalues_are_kept_and_round_off_zeros_dropped():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))
+    singular = torch.linspace(1.0, 10.0, 40, dtype=torch.float64)
+    singular[0] = 1e-5  # eigenvalue 1e-10 relative to the largest: small but real
+    singular[1:3] = 0.0  # exact zeros: only round-off survives in the Gram matrix
+    weight = u[:, :40] @ torch.diag(singular) @ v.T
+    kept = nonzero_eigenvalues(matrix_eigenvalues(weight))
+    assert kept.numel() == 38
+    assert float(kept.min()) == pytest.approx(1e-10, rel=1e-3)
 
 
 @pytest.mark.parametrize("alpha", [2.0, 2.5, 3.5])
