@@ -133,3 +133,18 @@ def test_matrix_granularity_allocates_per_matrix(tiny_llama, tiny_tokenizer):
     counts = {m.name: m.num_params for m in pruner.esd_report.matrices}
     total = sum(targets[k] * counts[k] for k in targets) / sum(counts.values())
     assert math.isclose(total, 0.5, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 0.99])
+def test_selection_masks_equal_a_stable_sort_even_with_ties(sparsity):
+    from optimum_alpha.pruning.masks import matrix_mask, row_mask
+
+    torch.manual_seed(0)
+    for scores in (torch.randn(7, 13), torch.randint(0, 4, (7, 13)).float()):  # the second is full of ties
+        k = round(13 * sparsity)
+        expected = torch.zeros_like(scores, dtype=torch.bool)
+        expected.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True)
+        assert torch.equal(row_mask(scores, sparsity), expected)
+        flat = torch.zeros(scores.numel(), dtype=torch.bool)
+        flat[torch.sort(scores.flatten(), stable=True).indices[: round(scores.numel() * sparsity)]] = True
+        assert torch.equal(matrix_mask(scores, sparsity), flat.view_as(scores))
