@@ -49,6 +49,7 @@ class AlphaPruner(OptimumQuantizer):
         self.last_report: PruningReport | None = None
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
+        self.saved_path: Path | None = None
 
     @classmethod
     def from_pretrained(
@@ -329,7 +330,7 @@ class AlphaPruner(OptimumQuantizer):
         """Upload the saved folder (``save_pretrained`` first) to the Hub; returns the repo URL."""
         from .checkpoint import push_folder_to_hub
 
-        folder = Path(save_dir) if save_dir is not None else getattr(self, "saved_path", None)
+        folder = Path(save_dir) if save_dir is not None else self.saved_path
         if folder is None:
             raise CheckpointError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
         return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
