@@ -3,7 +3,7 @@
 ``alpha`` is the AlphaPruning mapping (paper eq. 4): scores are mapped linearly onto ratios in
 [1 - ε, 1 + ε] (low score, i.e. heavy-tailed, gets the low ratio) and scaled by η so that the
 parameter-weighted mean sparsity equals the target exactly. Unlike the reference code, the result is
-bounded to [0, max_sparsity]: units pushed past the bound are pinned to it and η is recomputed for the
+bounded to [0, max_sparsity]: units pushed past the bound are pinned to it and η is solved for the
 others, so the total stays exact (without the bound, SmolLM2 at 70 % with ε = 0.3 gets a block at 102 %).
 """
 
@@ -51,43 +51,54 @@ def fit_to_budget(
     sparsity: float,
     max_sparsity: float = 0.99,
     min_sparsity: float = 0.0,
+    mode: str = "scale",
 ) -> list[float]:
-    """Scale ratios by η so that Σ dᵢ·sᵢ = S·Σ dᵢ exactly, with every sᵢ in [min_sparsity, max_sparsity].
+    """Per-unit sparsities sᵢ = clip(level(x, rᵢ), min_sparsity, max_sparsity) with Σ dᵢ·sᵢ = S·Σ dᵢ exactly.
 
-    Units that would leave the bounds are pinned there and η is solved again for the rest (a water-filling
-    that ends after at most one pass per unit), so the budget is met exactly whenever it is feasible.
+    ``mode="scale"``: level = x·rᵢ (AlphaPruning's η, ratios must be non-negative); ``mode="shift"``:
+    level = rᵢ + x (OWL's values moved by a common offset). Units past a bound are pinned to it and the others
+    share the rest: the spent budget is piecewise linear and non-decreasing in x, so x is found exactly on the
+    segment between the two breakpoints (where a unit meets a bound) that bracket the target.
     """
     n = len(ratios)
     if n != len(param_counts):
         raise ConfigError(f"Got {n} scores but {len(param_counts)} parameter counts; give one of each per unit.")
     if any(d <= 0 for d in param_counts):
         raise ConfigError("Every unit needs a positive parameter count.")
+    if mode == "scale":
+        if any(not r >= 0 for r in ratios):
+            raise ConfigError("Allocation ratios must be non-negative (they are scaled by a common factor η).")
+        if not any(r > 0 for r in ratios):
+            return [float(sparsity)] * n
+        breakpoints = sorted({bound / r for r in ratios if r > 0 for bound in (min_sparsity, max_sparsity)} | {0.0})
+    elif mode == "shift":
+        breakpoints = sorted({bound - r for r in ratios for bound in (min_sparsity, max_sparsity)})
+    else:
+        raise ConfigError(f"Unknown fit mode {mode!r}; use 'scale' or 'shift'.")
+
+    def levels(x: float) -> list[float]:
+        return [min(max(x * r if mode == "scale" else r + x, min_sparsity), max_sparsity) for r in ratios]
+
+    def spent(x: float) -> float:
+        return sum(d * s for d, s in zip(param_counts, levels(x)))
+
     total = float(sum(param_counts))
     budget = sparsity * total
-    if not min_sparsity * total <= budget <= max_sparsity * total:
-        raise ConfigError(f"Target {sparsity} cannot be met within [{min_sparsity}, {max_sparsity}].")
-    pinned: dict[int, float] = {}
-    while True:
-        free = [i for i in range(n) if i not in pinned]
-        remaining = budget - sum(param_counts[i] * s for i, s in pinned.items())
-        weight = sum(ratios[i] * param_counts[i] for i in free)
-        if not free:
+    tolerance = 1e-12 * total  # round-off of the sums
+    low, f_low = breakpoints[0], spent(breakpoints[0])
+    if not f_low - tolerance <= budget <= spent(breakpoints[-1]) + tolerance:
+        raise ConfigError(
+            f"Target {sparsity} cannot be met with every unit in [{min_sparsity}, {max_sparsity}]; "
+            "raise max_sparsity or lower the target."
+        )
+    x = breakpoints[-1]
+    for point in breakpoints:
+        f_point = spent(point)
+        if f_point >= budget:
+            x = point if f_point == f_low else low + (budget - f_low) * (point - low) / (f_point - f_low)
             break
-        if weight <= 0:
-            # Degenerate ratios: share what is left uniformly among the free units.
-            level = remaining / sum(param_counts[i] for i in free)
-            result = {i: level for i in free}
-        else:
-            eta = remaining / weight
-            result = {i: eta * ratios[i] for i in free}
-        over = {i for i, s in result.items() if s > max_sparsity}
-        under = {i for i, s in result.items() if s < min_sparsity}
-        if not over and not under:
-            pinned.update(result)
-            break
-        pinned.update({i: max_sparsity for i in over})
-        pinned.update({i: min_sparsity for i in under})
-    return [pinned[i] for i in range(n)]
+        low, f_low = point, f_point
+    return levels(x)
 
 
 def allocate(

@@ -90,7 +90,7 @@ def owl_allocation(outlier_ratios: Sequence[float], param_counts: Sequence[int],
     low, high = min(outlier_ratios), max(outlier_ratios)
     spread = [0.0 if high == low else (d - low) / (high - low) * 2 * lam for d in outlier_ratios]
     mean = sum(spread) / len(spread)
-    # Clamped at 0 first: fit_to_budget scales by η, which only makes sense for non-negative values.
-    owl = [max(0.0, sparsity + mean - d) for d in spread]
-    # η is 1 when blocks have equal sizes and no bound is hit, i.e. OWL's values exactly.
-    return fit_to_budget(owl, param_counts, sparsity, max_sparsity)
+    owl = [sparsity + mean - d for d in spread]
+    # A common offset (0 when blocks have equal sizes and no bound is hit, i.e. OWL's values exactly) makes
+    # the parameter-weighted total exact; units past [0, max_sparsity] are pinned and the rest absorb it.
+    return fit_to_budget(owl, param_counts, sparsity, max_sparsity, mode="shift")

@@ -88,3 +88,36 @@ def test_invalid_arguments_raise(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
         allocate(**args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 3.0), min_size=2, max_size=30),
+    st.floats(0.05, 0.6),
+    st.floats(0.0, 0.3),
+    st.floats(0.7, 1.0),
+    st.data(),
+)
+def test_fit_to_budget_with_both_bounds_is_exact(ratios, sparsity, min_sparsity, max_sparsity, data):
+    """Units pinned at the lower and the upper bound in the same problem: the total is still exact."""
+    from optimum_alpha.allocation import fit_to_budget
+
+    counts = data.draw(st.lists(st.integers(1, 1000), min_size=len(ratios), max_size=len(ratios)))
+    sparsity = max(sparsity, min_sparsity)
+    if not any(r > 0 for r in ratios):
+        return
+    reachable = sum(d * (max_sparsity if r > 0 else min_sparsity) for r, d in zip(ratios, counts)) / sum(counts)
+    if sparsity > reachable:
+        with pytest.raises(ConfigError, match="cannot be met"):
+            fit_to_budget(ratios, counts, sparsity, max_sparsity, min_sparsity)
+        return
+    result = fit_to_budget(ratios, counts, sparsity, max_sparsity, min_sparsity)
+    assert abs(sum(s * d for s, d in zip(result, counts)) / sum(counts) - sparsity) <= 1e-9
+    assert all(min_sparsity - 1e-12 <= s <= max_sparsity + 1e-12 for s in result)
+
+
+def test_negative_ratios_are_rejected():
+    from optimum_alpha.allocation import fit_to_budget
+
+    with pytest.raises(ConfigError, match="non-negative"):
+        fit_to_budget([-0.2, 1.0], [1, 1], 0.5)
