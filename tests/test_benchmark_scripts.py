@@ -1,0 +1,63 @@
+"""Smoke tests of the benchmark scripts not covered by test_benchmarks.py: the 3x3 grid, the peak-memory
+runner and the checkpoint-size table, each on a tiny random Llama so that they cannot rot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import checkpoint_size, combinations, memory  # noqa: E402
+
+from conftest import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_tokenizer) -> Path:
+    """A tiny Llama with its tokenizer saved as a normal model folder (what the scripts load by path)."""
+    folder = tmp_path / "tiny-llama"
+    make_tiny_model("llama", layers=2).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def data_rows(text: str) -> list[list[str]]:
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|") and not line.replace(" ", "").startswith(("|---", "|:--", "|--:"))
+    ]
+    return rows[1:]
+
+
+def test_combinations_grid_has_one_cell_per_method_and_allocation(tiny_tokenizer):
+    table = combinations.main(
+        ["--methods", "magnitude", "wanda", "--allocations", "uniform", "alpha", "--nsamples", "2",
+         "--seqlen", "32", "--max-windows", "1", "--eval-seqlen", "32"],
+        model_factory=lambda: (make_tiny_model("llama", layers=2), tiny_tokenizer),
+    )
+    rows = data_rows(table)
+    assert [row[0] for row in rows] == ["magnitude", "wanda"]
+    assert all(len(row) == 3 and all(float(cell) > 1 for cell in row[1:]) for row in rows)
+
+
+def test_memory_runner_reports_each_run(tiny_folder):
+    table = memory.main(["--model", str(tiny_folder), "--nsamples", "2", "--seqlen", "32",
+                         "--runs", "magnitude/uniform", "wanda/alpha"])
+    rows = data_rows(table)
+    assert [row[0] for row in rows] == ["magnitude + uniform", "wanda + alpha"]
+    assert all(float(row[6]) > 0 for row in rows)  # peak RSS measured
+
+
+def test_checkpoint_size_table_shows_sparse_smaller_and_exact(tiny_folder, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["checkpoint_size.py", "--model", str(tiny_folder), "--sparsities", "0.9",
+                                      "--dtypes", "float32"])
+    checkpoint_size.main()
+    rows = data_rows(capsys.readouterr().out)
+    assert len(rows) == 1
+    sparsity, _, dtype, dense_mb, sparse_mb, ratio, _, exact = rows[0]
+    assert (sparsity, dtype, exact) == ("90%", "float32", "yes")
+    assert float(ratio) < 1.0
