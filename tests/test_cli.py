@@ -161,8 +161,9 @@ def test_prune_config_file_with_flag_override(tiny_model, tmp_path):
     AlphaPruningConfig(sparsity=0.3, method="magnitude", allocation="uniform").to_json_file(config_path)
     output = tmp_path / "out"
     result = cli("prune", str(tiny_model), "--config", str(config_path), "--sparsity", "0.6",
-                 "--format", "dense", "--output", str(output))
+                 "--format", "dense", "--max-shard-size", "100KB", "--output", str(output))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(output.glob("model-*-of-*.safetensors"))) > 1  # --max-shard-size reaches save_pretrained
     assert "(uniform allocation, magnitude)" in result.stdout
     assert _number_after(result.stdout, "total sparsity:") == pytest.approx(0.6, abs=0.01)
     # The dense format is a plain checkpoint: stock transformers sees the zeros.

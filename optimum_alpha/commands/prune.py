@@ -103,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sparse: compressed bitmask checkpoint; dense: plain safetensors any transformers can load",
     )
     parser.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest safetensors shard, e.g. 500MB or 5GB",
+    )
+    parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO", help="also upload the pruned model to this Hub repo id"
     )
     parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
@@ -182,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
             ppl["after"] = pruner.perplexity["pruned"] = _perplexity(pruner, args, config.seqlen)
         ppl["dataset"] = args.eval_dataset
     with stages.stage(f"Saving to {output} ({args.format})"):
-        pruner.save_pretrained(output, format=args.format, overwrite=args.overwrite)
+        pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
+                               overwrite=args.overwrite)
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
             pruner.push_to_hub(args.push_to_hub)
