@@ -65,15 +65,17 @@ class Session:
     """A loaded model with its ESD analysis and a copy of its dense weights."""
 
     def __init__(self, model: str = "smollm2-135m", factory: ModelFactory | None = None,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, device: str = "cpu") -> None:
         from optimum_alpha import AlphaPruner
 
         start = time.perf_counter()
         if factory is not None:
             net, tokenizer = factory()
-            self.pruner = AlphaPruner.from_pretrained(net, tokenizer=tokenizer, show_progress=show_progress)
+            self.pruner = AlphaPruner.from_pretrained(net.to(device), tokenizer=tokenizer,
+                                                      show_progress=show_progress)
         else:
-            self.pruner = AlphaPruner.from_pretrained(model, show_progress=show_progress)
+            placement = {} if device == "cpu" else {"device_map": device}
+            self.pruner = AlphaPruner.from_pretrained(model, show_progress=show_progress, **placement)
         self.setup_s = time.perf_counter() - start
         self.show_progress = show_progress
         self.dense_state = {k: v.detach().clone() for k, v in self.pruner.model.state_dict().items()}

@@ -58,7 +58,7 @@ def naive_hill_loop(eigs: torch.Tensor) -> float:
         n = tail.numel()
         alpha = 1 + n / float(torch.sum(torch.log(tail / xmin)))
         fitted = 1 - (tail / xmin) ** (1 - alpha)
-        empirical = torch.arange(n, dtype=tail.dtype) / n
+        empirical = torch.arange(n, dtype=tail.dtype, device=tail.device) / n
         distance = float(torch.max(torch.abs(fitted - empirical)))
         if distance < best_distance:
             best_alpha, best_distance = alpha, distance
@@ -78,8 +78,11 @@ def prunable_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _timed_map(function: Callable, items: Sequence) -> tuple[list, float]:
+    device = str(items[0].device) if items and isinstance(items[0], torch.Tensor) else "cpu"
+    _sync(device)
     start = time.perf_counter()
     results = [function(item) for item in items]
+    _sync(device)
     return results, time.perf_counter() - start
 
 
@@ -270,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--sparsity", type=float, default=0.7)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model (and the LLaMA-7B-shaped matrices) live")
     p.add_argument("--llama7b-blocks", type=int, default=32, help="time this many blocks, extrapolate to 32")
     p.add_argument("--progress", action="store_true")
     return p
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     sections = [f"machine: {machine_description()}"]
     session = None
     if "esd" in parts or "prune" in parts:
-        session = Session(args.model, factory=model_factory, show_progress=args.progress)
+        session = Session(args.model, factory=model_factory, show_progress=args.progress, device=args.device)
         sections.append(f"load + first ESD analysis {session.setup_s:.1f} s")
     if "esd" in parts:
         sections.append("## ESD analysis\n\n" + esd_table(session, args.repeats))
