@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: load a model once, run configs from its dense weights, print tables.
+"""Benchmark helpers: load a model once, run configs from its dense weights, print markdown tables.
 
 A benchmark loads the model and runs the ESD analysis once (:class:`Session`), then restores the dense
 weights before every pruning run, so that N runs cost one load instead of N.

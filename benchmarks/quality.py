@@ -3,10 +3,11 @@
 Defaults follow the standard protocol (WikiText-2 test, all 148 windows of 2048 tokens; calibration 64 C4
 windows x 512 tokens, seed 0). Every table comes from one command, e.g.::
 
-    python benchmarks/quality.py --table 1                       # magnitude/Wanda/SparseGPT x uniform/OWL/alpha
-    python benchmarks/quality.py --table 2                       # Wanda 70 %, allocation driven by each metric
+    python benchmarks/quality.py --table 1      # magnitude/Wanda/SparseGPT x uniform/OWL/alpha
+    python benchmarks/quality.py --table 2      # Wanda 70 %, allocation driven by each metric
     python benchmarks/quality.py --table eps --plot docs/img/eps_sweep.png
-    python benchmarks/quality.py --table eps --max-sparsity none 0.95 1.0 --granularity block matrix --seeds 0 1 2
+    python benchmarks/quality.py --table eps --max-sparsity none 0.95 1.0 --granularity block matrix \
+        --seeds 0 1 2
 
 Reduced settings for a slow machine: ``--nsamples 16 --seqlen 512 --max-windows 8 --eval-seqlen 512``.
 ``--max-sparsity none`` reproduces the reference code's unbounded mapping (η·ratio, a unit past 100 % is
@@ -102,7 +103,8 @@ class Runner:
         if key not in self.cache:
             self.session.restore()
             start = time.perf_counter()
-            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
+            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows,
+                                          self.args.eval_dataset)
             self._record(key, {"kind": "dense", "perplexity": ppl, "eval_s": time.perf_counter() - start})
         return self.cache[key]["perplexity"]
 
@@ -133,10 +135,12 @@ class Runner:
                     self.cache[key] = {**self.cache[same], "bound": bound_label(bound), "epsilon": epsilon,
                                        "metric": metric, "granularity": granularity}
                     return self.cache[key]
-            result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
+            result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows,
+                                      self.args.eval_dataset)
         record = {
             "kind": "pruned", "method": method, "allocation": allocation, "sparsity": sparsity, "seed": seed,
-            "metric": metric, "epsilon": epsilon, "bound": "-" if allocation == "uniform" else bound_label(bound),
+            "metric": metric, "epsilon": epsilon,
+            "bound": "-" if allocation == "uniform" else bound_label(bound),
             "granularity": granularity, "perplexity": result.perplexity, "prune_s": result.prune_s,
             "eval_s": result.eval_s, "total_sparsity": result.total_sparsity,
             "max_block_target": max(result.block_targets), "min_block_target": min(result.block_targets),
@@ -189,7 +193,8 @@ def table_main(runner: Runner, args: argparse.Namespace) -> str:
                 value = means.get((method, other, sparsity))
                 if alpha is not None and value is not None:
                     verdict = "beats" if alpha < value else "does NOT beat"
-                    notes.append(f"- {method} {sparsity:.0%}: alpha ({alpha:.2f}) {verdict} {other} ({value:.2f})")
+                    notes.append(f"- {method} {sparsity:.0%}: alpha ({alpha:.2f}) {verdict} {other} "
+                                 f"({value:.2f})")
     return markdown_table(headers, rows) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -199,7 +204,8 @@ def table_metrics(runner: Runner, args: argparse.Namespace) -> str:
     uniform, uniform_text = runner.mean(args.seeds, method=method, allocation="uniform", sparsity=sparsity)
     rows: list[list[Any]] = [["uniform", "-", uniform_text, "-"]]
     for metric in args.metrics:
-        mean, text = runner.mean(args.seeds, method=method, allocation="alpha", sparsity=sparsity, metric=metric,
+        mean, text = runner.mean(args.seeds, method=method, allocation="alpha", sparsity=sparsity,
+                                 metric=metric,
                                  bound=bound, granularity=args.granularity[0])
         kind = "shape" if metric in SHAPE_METRICS else "scale"
         rows.append([metric, kind, text, "yes" if mean < uniform else "no"])
@@ -222,7 +228,8 @@ def table_epsilon(runner: Runner, args: argparse.Namespace) -> tuple[str, dict]:
                                       bound=bound, granularity=granularity) for s in args.seeds]
                 values = [r["perplexity"] for r in records]
                 curves.setdefault(f"{granularity}, bound {bound_label(bound)}", []).append((epsilon, values))
-                rows.append([granularity, bound_label(bound), f"{epsilon:g}", f"{records[0]['max_unbounded']:.3f}"]
+                rows.append([granularity, bound_label(bound), f"{epsilon:g}",
+                             f"{records[0]['max_unbounded']:.3f}"]
                             + [f"{v:.2f}" for v in values] + [f"{statistics.fmean(values):.2f}"])
     title = f"{method}, {sparsity:.0%} sparsity, metric {args.metrics[0]}"
     return title + "\n\n" + markdown_table(headers, rows), {"uniform": uniform, "curves": curves,
@@ -242,7 +249,8 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
     for granularity in args.granularity:
         for bound in args.max_sparsity:
             for epsilon in args.epsilons:
-                config = AlphaPruningConfig(sparsity=sparsity, metric=metric, epsilon=epsilon, granularity=granularity,
+                config = AlphaPruningConfig(sparsity=sparsity, metric=metric, epsilon=epsilon,
+                                            granularity=granularity,
                                             max_sparsity=1.0 if bound is None else bound)
                 with reference_allocation() if bound is None else contextlib.nullcontext():
                     targets, _ = pruner.allocate(config)
@@ -257,7 +265,8 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
     rows.append(["total", "-"] + [f"{sum(c[i] * sizes[i] for i in range(len(sizes))) / total:.4f}"
                                   for c in columns])
     title = (f"target sparsity per block at {sparsity:.0%} (b = block, m = matrix granularity, shown as the "
-             "block's parameter-weighted mean; bound none = reference mapping, where 1.000 means emptied and the total falls short)")
+             "block's parameter-weighted mean; bound none = reference mapping, where 1.000 means emptied and "
+             "the total falls short)")
     return title + "\n\n" + markdown_table(headers, rows)
 
 
@@ -339,7 +348,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
         if args.plot:
             plot_epsilon(data, args.plot)
     settings = (f"calibration C4 {args.nsamples} x {args.seqlen} tokens, seeds {args.seeds}; WikiText-2 "
-                f"{args.max_windows or 'all'} windows of {args.eval_seqlen or 'min(2048, max positions)'} tokens")
+                f"{args.max_windows or 'all'} windows of "
+                f"{args.eval_seqlen or 'min(2048, max positions)'} tokens")
     text = (f"## quality --table {args.table}\n\n{settings}\nmachine: {machine_description()}\n"
             f"load + ESD {session.setup_s:.0f} s, runs {time.perf_counter() - start:.0f} s\n\n{body}\n")
     print(text, flush=True)

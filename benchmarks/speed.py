@@ -121,9 +121,11 @@ def esd_table(session: Session, repeats: int) -> str:
     table = markdown_table(["method", "spectrum s", "fit s", "total s", "computes", "speed-up"], rows)
     return (f"{len(weights)} matrices, best of {repeats}\n\n{table}\n\n"
             f"max |Δα| = {diff:.2e} end to end (float32 vs float64 spectra; worst matrix #{worst}: "
-            f"{slow[worst]:.4f} vs {fast[worst]:.4f}); {sum(d > 1e-3 for d in diffs)} matrices differ by > 1e-3, "
+            f"{slow[worst]:.4f} vs {fast[worst]:.4f}); "
+            f"{sum(d > 1e-3 for d in diffs)} matrices differ by > 1e-3, "
             f"median {statistics.median(diffs):.1e}\n"
-            f"max |Δα| = {fit_diff:.2e} for the fit alone (candidate loop vs vectorised, same float64 spectrum); "
+            f"max |Δα| = {fit_diff:.2e} for the fit alone "
+            "(candidate loop vs vectorised, same float64 spectrum); "
             f"{sum(d > 1e-3 for d in fit_diffs)} matrices differ by > 1e-3")
 
 
@@ -147,7 +149,8 @@ def llama7b_table(blocks: int, device: str, seed: int = 0) -> str:
             fit_s += time.perf_counter() - middle
     total = eig_s + fit_s
     scale = 32 / blocks
-    rows = [[f"{blocks} of 32 blocks", f"{eig_s:.1f}", f"{fit_s:.1f}", f"{total:.1f}", f"{total * scale:.1f}"]]
+    rows = [[f"{blocks} of 32 blocks", f"{eig_s:.1f}", f"{fit_s:.1f}", f"{total:.1f}",
+             f"{total * scale:.1f}"]]
     return (f"device {device}\n\n" + markdown_table(
         ["measured", "eigenvalues s", "Hill fit s", "total s", "32 blocks s (extrapolated)"], rows))
 
@@ -237,7 +240,8 @@ def prune_table(session: Session, methods: Sequence[str], nsamples: int, seqlen:
     from optimum_alpha import AlphaPruningConfig
 
     floor = 2 * forward_floor(session, nsamples, seqlen, 0)
-    columns = ["capture", "statistics_forward", "statistics_accumulate", "mask_solver", "propagation", "write"]
+    columns = ["capture", "statistics_forward", "statistics_accumulate", "mask_solver", "propagation",
+               "write"]
     rows, notes = [], []
     for method in methods:
         session.restore()
@@ -255,7 +259,8 @@ def prune_table(session: Session, methods: Sequence[str], nsamples: int, seqlen:
                                                               f"{total:.2f}", f"{total / floor:.2f}"])
         main_stage = columns[max(range(len(columns)), key=lambda i: cells[i])]
         notes.append(f"- {method}: {main_stage} dominates ({max(cells) / total:.0%} of {total:.1f} s)")
-    headers = ["method", "capture s", "stats forward s", "stats accumulate s", "mask/solver s", "propagation s",
+    headers = ["method", "capture s", "stats forward s", "stats accumulate s", "mask/solver s",
+               "propagation s",
                "write s", "I/O + other s", "total s", "total / floor"]
     return (f"calibration {nsamples} x {seqlen} tokens, sparsity {sparsity:.0%} (alpha allocation, ESD done "
             f"before), forward floor = 2 dense passes of all blocks = {floor:.2f} s\n\n"

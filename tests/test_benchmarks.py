@@ -27,7 +27,7 @@ def factory(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def eval_text(tmp_path_factory) -> list[str]:
-    """Tiny quality flags evaluating on the start of WikiText-2 test (tokenizing all of it per run is slow)."""
+    """Tiny quality flags, evaluating on the start of WikiText-2 test (tokenizing all of it is slow)."""
     from optimum_alpha.data import load_texts
 
     path = tmp_path_factory.mktemp("eval") / "wikitext_head.txt"
@@ -112,7 +112,8 @@ def test_speed_esd_table_compares_fast_and_naive(factory):
     text = speed.main(["--part", "esd", "--repeats", "1"], model_factory=factory)
     rows = table_rows(text)
     names = [r[0] for r in rows]
-    assert names[:2] == ["straightforward (float32 svdvals + loop)", "optimum-alpha (float64 Gram + vectorised)"]
+    assert names[:2] == ["straightforward (float32 svdvals + loop)",
+                         "optimum-alpha (float64 Gram + vectorised)"]
     end_to_end, fit_only = (float(v) for v in re.findall(r"max \|Δα\| = (\S+)", text))
     assert fit_only < 1e-8  # same spectrum: the vectorised fit picks the loop's xmin and alpha
     assert 0.0 <= end_to_end < 1.0
