@@ -9,6 +9,7 @@ others, so the total stays exact (without the bound, SmolLM2 at 70 % with ε = 0
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from .errors import ConfigError
@@ -57,8 +58,8 @@ def fit_to_budget(
 
     ``mode="scale"``: level = x·rᵢ (AlphaPruning's η, ratios must be non-negative); ``mode="shift"``:
     level = rᵢ + x (OWL's values moved by a common offset). Units past a bound are pinned to it and the others
-    share the rest: the spent budget is piecewise linear and non-decreasing in x, so x is found exactly on the
-    segment between the two breakpoints (where a unit meets a bound) that bracket the target.
+    share the rest: the spent budget is piecewise linear and non-decreasing in x, with breakpoints where a unit
+    meets a bound. The segment holding the target is found, and there the equation is linear in x.
     """
     n = len(ratios)
     if n != len(param_counts):
@@ -70,35 +71,45 @@ def fit_to_budget(
             raise ConfigError("Allocation ratios must be non-negative (they are scaled by a common factor η).")
         if not any(r > 0 for r in ratios):
             return [float(sparsity)] * n
-        breakpoints = sorted({bound / r for r in ratios if r > 0 for bound in (min_sparsity, max_sparsity)} | {0.0})
+        # (a ratio so small that bound / ratio overflows cannot reach its bound: no breakpoint)
+        breakpoints = sorted({b / r for r in ratios if r > 0 for b in (min_sparsity, max_sparsity)
+                              if math.isfinite(b / r)} | {0.0})
     elif mode == "shift":
-        breakpoints = sorted({bound - r for r in ratios for bound in (min_sparsity, max_sparsity)})
+        breakpoints = sorted({b - r for r in ratios for b in (min_sparsity, max_sparsity)})
     else:
         raise ConfigError(f"Unknown fit mode {mode!r}; use 'scale' or 'shift'.")
 
-    def levels(x: float) -> list[float]:
-        return [min(max(x * r if mode == "scale" else r + x, min_sparsity), max_sparsity) for r in ratios]
+    def level(x: float, r: float) -> float:
+        return x * r if mode == "scale" else r + x
+
+    def clipped(x: float) -> list[float]:
+        return [min(max(level(x, r), min_sparsity), max_sparsity) for r in ratios]
 
     def spent(x: float) -> float:
-        return sum(d * s for d, s in zip(param_counts, levels(x)))
+        return sum(d * s for d, s in zip(param_counts, clipped(x)))
 
     total = float(sum(param_counts))
     budget = sparsity * total
     tolerance = 1e-12 * total  # round-off of the sums
-    low, f_low = breakpoints[0], spent(breakpoints[0])
-    if not f_low - tolerance <= budget <= spent(breakpoints[-1]) + tolerance:
+    if not spent(breakpoints[0]) - tolerance <= budget <= spent(breakpoints[-1]) + tolerance:
         raise ConfigError(
             f"Target {sparsity} cannot be met with every unit in [{min_sparsity}, {max_sparsity}]; "
             "raise max_sparsity or lower the target."
         )
-    x = breakpoints[-1]
-    for point in breakpoints:
-        f_point = spent(point)
-        if f_point >= budget:
-            x = point if f_point == f_low else low + (budget - f_low) * (point - low) / (f_point - f_low)
-            break
-        low, f_low = point, f_point
-    return levels(x)
+    high = next((p for p in breakpoints if spent(p) >= budget), breakpoints[-1])
+    low = max((p for p in breakpoints if p < high), default=high)
+    # Between two breakpoints each unit is either pinned or free (level strictly inside the bounds), and
+    # Σ pinned + Σ_free d·level(x, r) = budget is linear in x.
+    middle = (low + high) / 2
+    pinned = sum(d * s for r, d, s in zip(ratios, param_counts, clipped(middle)) if s != level(middle, r))
+    free = [(r, d) for r, d, s in zip(ratios, param_counts, clipped(middle)) if s == level(middle, r)]
+    if not free:
+        return clipped(high)
+    if mode == "scale":
+        x = (budget - pinned) / sum(d * r for r, d in free)
+    else:
+        x = (budget - pinned - sum(d * r for r, d in free)) / sum(d for _, d in free)
+    return clipped(x)
 
 
 def allocate(

@@ -92,7 +92,7 @@ def test_invalid_arguments_raise(kwargs, message):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.floats(0.0, 3.0), min_size=2, max_size=30),
+    st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 3.0)), min_size=2, max_size=30),
     st.floats(0.05, 0.6),
     st.floats(0.0, 0.3),
     st.floats(0.7, 1.0),
