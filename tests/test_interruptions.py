@@ -227,9 +227,18 @@ def test_interrupt_during_the_calibration_pass_of_block_k(exception, k, referenc
     assert_interrupted_at(k, *run_prune("wanda", calibration_file, tiny_tokenizer, arm), reference, "wanda")
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test: a process started in the background by a non-interactive
+    shell (as CI may be) inherits SIGINT ignored, where a Ctrl-C would never become a KeyboardInterrupt."""
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, outer)
+
+
 @pytest.mark.parametrize("k", [0, 1])
 def test_ctrl_c_while_block_k_is_written_lets_the_block_finish(k, reference, calibration_file, tiny_tokenizer,
-                                                                monkeypatch):
+                                                                monkeypatch, default_sigint):
     """A real SIGINT arriving between two layer writes is held until block k is written and reported."""
     original_write = pruner_module.write_layer_weight
     written = []
