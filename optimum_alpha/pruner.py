@@ -283,12 +283,12 @@ class AlphaPruner(OptimumQuantizer):
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
-        from .checkpoint.save import _check_target
+        from .checkpoint.save import check_save_target
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
         config = AlphaPruningConfig(**kwargs)
         # A folder that save_pretrained would refuse is refused now, before the model is pruned.
-        _check_target(Path(save_dir).expanduser().resolve(), bool(save_kwargs.get("overwrite", False)))
+        check_save_target(Path(save_dir).expanduser().resolve(), bool(save_kwargs.get("overwrite", False)))
         self.prune(config)
         return self.save_pretrained(save_dir, **save_kwargs)
 

@@ -44,7 +44,8 @@ def _current_umask() -> int:
     return mask
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_save_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder unless ``overwrite`` (nothing is written)."""
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"save target {target} is a file; pass a folder path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
@@ -225,7 +226,7 @@ def save_pruned(
                 f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
             ) from error
     target = Path(save_dir).expanduser().resolve()
-    _check_target(target, overwrite)
+    check_save_target(target, overwrite)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

@@ -94,16 +94,10 @@ def model_slug(model: str) -> str:
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to write into an existing file or non-empty folder unless ``--overwrite`` was given."""
-    from ..errors import CheckpointError
+    """Refuse an existing file or non-empty folder unless ``--overwrite``: the same rule as every save."""
+    from ..checkpoint.save import check_save_target
 
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"--output {path} is an existing file; pass a folder path instead.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CheckpointError(
-            f"output folder {path} already exists and is not empty; pass --overwrite to replace its "
-            "contents or choose another --output."
-        )
+    check_save_target(path, overwrite)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
