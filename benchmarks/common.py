@@ -50,6 +50,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def print_report(title: str, settings: str, timing: str, body: str) -> str:
+    """Print (and return) one benchmark's markdown section: title, protocol, machine, timing, tables."""
+    text = f"## {title}\n\n{settings}\nmachine: {machine_description()}\n{timing}\n\n{body}\n"
+    print(text, flush=True)
+    return text
+
+
 @dataclass
 class RunResult:
     """One pruning run: its perplexity, wall time and per-block sparsities."""

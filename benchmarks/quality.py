@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ModelFactory, Session, machine_description, markdown_table  # noqa: E402
+from benchmarks.common import ModelFactory, Session, markdown_table, print_report  # noqa: E402
 
 SHAPE_METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy")
 SCALE_METRICS = ("frobenius_norm", "spectral_norm")
@@ -350,10 +350,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     settings = (f"calibration C4 {args.nsamples} x {args.seqlen} tokens, seeds {args.seeds}; WikiText-2 "
                 f"{args.max_windows or 'all'} windows of "
                 f"{args.eval_seqlen or 'min(2048, max positions)'} tokens")
-    text = (f"## quality --table {args.table}\n\n{settings}\nmachine: {machine_description()}\n"
-            f"load + ESD {session.setup_s:.0f} s, runs {time.perf_counter() - start:.0f} s\n\n{body}\n")
-    print(text, flush=True)
-    return text
+    return print_report(f"quality --table {args.table}", settings,
+                        f"load + ESD {session.setup_s:.0f} s, runs {time.perf_counter() - start:.0f} s", body)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .allocation import check_epsilon, check_sparsity
+from .data import SAMPLINGS
 from .errors import ConfigError
 from .esd import METRICS
 from .nm import check_mixed_sparsity
@@ -17,6 +18,7 @@ ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 DEFAULT_MAX_SEQLEN = 2048
 MIXED_NM_PREFIX = "mixed:"
+AUTO = "auto"
 
 
 def check_owl_threshold(threshold: float) -> None:
@@ -67,12 +69,21 @@ class AlphaPruningConfig:
         method: which weights go inside a layer: ``magnitude``, ``wanda`` or ``sparsegpt``.
         allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
         metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
-        epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting).
+        epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting),
+            or ``"auto"``: one prune per value of ``epsilon_grid``, each scored by perplexity on ``heldout``
+            calibration-source windows disjoint from the calibration windows; the best one is kept
+            (see :mod:`optimum_alpha.epsilon_search`). Costs len(epsilon_grid) + 1 prunes.
+        epsilon_grid: the ε values tried by ``epsilon="auto"`` (the paper's sweep: 0.1 to 0.5).
+        heldout: held-out windows scoring ``epsilon="auto"`` (never the evaluation set).
         max_sparsity: no unit gets more than this; the remainder is redistributed so the total stays exact.
         granularity: allocate per ``block`` (paper default) or per ``matrix``.
         fix_finger: ``reference`` (authors' code) or ``strict`` xmin window of the Hill fit.
         calibration_dataset: ``c4``/``wikitext2``, a local text/json/jsonl/parquet file or a ``datasets`` Dataset.
-        nsamples: number of calibration windows.
+            ``c4`` is the references' C4 training shard when the Hub is reachable, else the shipped sample.
+        calibration_sampling: ``document`` (the references: each window at a random offset inside one document
+            longer than the window) or ``joined`` (documents joined, cut into consecutive windows). ``document``
+            falls back to ``joined``, with a logged notice, when too few documents are long enough.
+        nsamples: number of calibration windows; None: the paper's 128, or as many as the source holds.
         seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
             (131072 positions of Llama-3 would allocate a 64 GiB buffer).
         seed: seed of the calibration sampling.
@@ -89,12 +100,15 @@ class AlphaPruningConfig:
     method: str = "wanda"
     allocation: str = "alpha"
     metric: str = "alpha_hill"
-    epsilon: float = 0.3
+    epsilon: float | str = 0.3
+    epsilon_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+    heldout: int = 8
     max_sparsity: float = 0.99
     granularity: str = "block"
     fix_finger: str = "reference"
     calibration_dataset: Any = "c4"
-    nsamples: int = 64
+    calibration_sampling: str = "document"
+    nsamples: int | None = None
     seqlen: int | None = None
     seed: int = 0
     nm: str | None = None
@@ -119,8 +133,12 @@ class AlphaPruningConfig:
         if self.fix_finger not in ("reference", "strict"):
             raise ConfigError(f"Unknown fix_finger {self.fix_finger!r}; use 'reference' or 'strict'.")
         check_sparsity(float(self.sparsity), float(self.max_sparsity))
-        check_epsilon(float(self.epsilon))
-        if int(self.nsamples) < 1:
+        self._check_epsilon()
+        if self.calibration_sampling not in SAMPLINGS:
+            raise ConfigError(
+                f"Unknown calibration_sampling {self.calibration_sampling!r}; use 'document' or 'joined'."
+            )
+        if self.nsamples is not None and int(self.nsamples) < 1:
             raise ConfigError(f"nsamples must be >= 1, got {self.nsamples}.")
         if self.seqlen is not None and int(self.seqlen) < 1:
             raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
@@ -136,6 +154,29 @@ class AlphaPruningConfig:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+
+    def _check_epsilon(self) -> None:
+        if isinstance(self.epsilon, str) and self.epsilon.lower() == AUTO:
+            self.epsilon = AUTO
+        elif isinstance(self.epsilon, str):
+            try:
+                self.epsilon = float(self.epsilon)
+            except ValueError as err:
+                raise ConfigError(f"epsilon must be a number in [0, 1) or 'auto', got {self.epsilon!r}.") from err
+        if self.epsilon != AUTO:
+            check_epsilon(float(self.epsilon))
+        self.epsilon_grid = tuple(float(e) for e in self.epsilon_grid)
+        if not self.epsilon_grid:
+            raise ConfigError("epsilon_grid is empty; give at least one ε, e.g. (0.1, 0.2, 0.3, 0.4, 0.5).")
+        for value in self.epsilon_grid:
+            check_epsilon(value)
+        if int(self.heldout) < 1:
+            raise ConfigError(f"heldout (windows scoring epsilon='auto') must be >= 1, got {self.heldout}.")
+
+    @property
+    def searches_epsilon(self) -> bool:
+        """True for ``epsilon="auto"`` with the alpha allocation (the only one ε acts on)."""
+        return self.epsilon == AUTO and self.allocation == "alpha"
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:
@@ -166,6 +207,7 @@ class AlphaPruningConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["epsilon_grid"] = list(self.epsilon_grid)
         if not isinstance(self.calibration_dataset, (str, Path)):
             data["calibration_dataset"] = f"<{type(self.calibration_dataset).__name__}>"
         elif isinstance(self.calibration_dataset, Path):

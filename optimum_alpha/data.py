@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,23 +82,132 @@ def load_texts(source: Any) -> list[str]:
     return rows
 
 
-def calibration_windows(tokenizer, source: Any, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` disjoint windows of ``seqlen`` tokens, as a (nsamples, seqlen) LongTensor.
+SAMPLINGS = ("document", "joined")
+PAPER_NSAMPLES = 128  # the references' calibration set: 128 windows
 
-    Documents are shuffled with ``seed``, joined with blank lines, tokenized once and cut into consecutive
-    windows, so every window is real contiguous text and no token is used twice.
-    """
-    rows = [row for row in load_texts(source) if row.strip()]
-    random.Random(seed).shuffle(rows)
+
+@dataclass
+class CalibrationSample:
+    """Calibration windows, optional held-out windows disjoint from them, and how they were drawn."""
+
+    ids: torch.Tensor
+    heldout: torch.Tensor | None
+    sampling: str
+    source: str
+    notices: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """What the report and the model card record about the calibration set."""
+        return {"sampling": self.sampling, "windows": int(self.ids.shape[0]), "source": self.source,
+                "notices": list(self.notices)}
+
+
+def _label(source: Any) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+
+
+def _calibration_rows(source: Any) -> tuple[list[str], str]:
+    """Non-empty rows of a calibration source and its label; ``"c4"`` goes through :func:`c4.c4_source`."""
+    label = _label(source)
+    if isinstance(source, str) and source == "c4":
+        from .c4 import c4_source
+
+        source, label = c4_source()
+    return [row for row in load_texts(source) if row.strip()], label
+
+
+def _document_windows(tokenizer, rows: list[str], count: int, seqlen: int,
+                      seed: int) -> tuple[list[torch.Tensor], int]:
+    """One window per document at a random offset, as the references (documents of <= seqlen tokens skipped),
+    and the number of rows visited.
+
+    Documents are visited in the (already shuffled) order without replacement, so no two windows share a
+    token; they are tokenized one at a time, so a large source costs only the documents actually visited."""
+    rng = random.Random(seed)
+    windows: list[torch.Tensor] = []
+    visited = 0
+    for row in rows:
+        if len(windows) == count:
+            break
+        visited += 1
+        doc = tokenizer(row, return_tensors="pt", add_special_tokens=False).input_ids[0]
+        if doc.numel() > seqlen:
+            offset = rng.randint(0, doc.numel() - seqlen - 1)
+            windows.append(doc[offset : offset + seqlen])
+    return windows, visited
+
+
+def _joined_windows(tokenizer, rows: list[str], count: int, seqlen: int) -> torch.Tensor:
+    """Rows joined with blank lines, tokenized once and cut into consecutive (disjoint) windows."""
+    if not rows:
+        return torch.empty(0, seqlen, dtype=torch.long)
     ids = tokenizer("\n\n".join(rows), return_tensors="pt", add_special_tokens=False).input_ids[0]
-    needed = nsamples * seqlen
-    if ids.numel() < needed:
-        raise CalibrationDataError(
-            f"Calibration source {source if isinstance(source, (str, Path)) else 'dataset'} has {ids.numel()} "
-            f"tokens but nsamples x seqlen = {nsamples} x {seqlen} = {needed} are needed; lower nsamples or "
-            "seqlen, or give more text."
-        )
-    return ids[:needed].reshape(nsamples, seqlen).clone()
+    return ids[: (ids.numel() // seqlen) * seqlen].reshape(-1, seqlen)[:count].clone()
+
+
+def _too_short(label: str, available: int, wanted: int, heldout: int, seqlen: int) -> CalibrationDataError:
+    extra = f" (+ {heldout} held-out)" if heldout else ""
+    return CalibrationDataError(
+        f"Calibration source {label} has {available * seqlen} usable tokens but nsamples x seqlen = "
+        f"{wanted}{extra} x {seqlen} = {(wanted + heldout) * seqlen} are needed; lower nsamples or seqlen, "
+        "or give more text."
+    )
+
+
+def _document_heldout(tokenizer, rows: list[str], heldout: int, seqlen: int, seed: int,
+                      notices: list[str]) -> torch.Tensor:
+    """Held-out windows from the documents the calibration draw never visited (joined if too few are long)."""
+    windows, _ = _document_windows(tokenizer, rows, heldout, seqlen, seed + 1)
+    if len(windows) == heldout:
+        return torch.stack(windows)
+    notices.append(f"held-out windows are cut from the joined unused documents (only {len(windows)} of them "
+                   f"are longer than {seqlen} tokens)")
+    return _joined_windows(tokenizer, rows, heldout, seqlen)
+
+
+def sample_calibration(tokenizer, source: Any, nsamples: int | None, seqlen: int, seed: int = 0,
+                       sampling: str = "document", heldout: int = 0) -> CalibrationSample:
+    """Calibration windows of ``seqlen`` tokens, plus ``heldout`` windows disjoint from them (ε search).
+
+    ``"document"`` (default, as the references): each window lies inside one document longer than ``seqlen``,
+    at a random offset. When the source has fewer such documents than windows, the windows are ``"joined"``
+    instead (documents shuffled, joined with blank lines, cut into consecutive windows) and a notice says so.
+    ``nsamples=None`` asks for the paper's 128 windows, or as many as the source holds (with a notice).
+    The calibration windows do not depend on ``heldout``; held-out windows come from documents (or, joined,
+    tokens) that the calibration windows do not use.
+    """
+    if sampling not in SAMPLINGS:
+        raise CalibrationDataError(f"Unknown calibration sampling {sampling!r}; use 'document' or 'joined'.")
+    rows, label = _calibration_rows(source)
+    random.Random(seed).shuffle(rows)
+    wanted = PAPER_NSAMPLES if nsamples is None else nsamples
+    notices: list[str] = []
+    if sampling == "document":
+        windows, visited = _document_windows(tokenizer, rows, wanted, seqlen, seed)
+        if len(windows) == wanted:
+            held = _document_heldout(tokenizer, rows[visited:], heldout, seqlen, seed, notices) if heldout else None
+            if held is not None and held.shape[0] < heldout:
+                raise _too_short(label, wanted + held.shape[0], wanted, heldout, seqlen)
+            return CalibrationSample(torch.stack(windows), held, "document", label, notices)
+        notices.append(f"only {len(windows)} documents of {label} are longer than {seqlen} tokens, fewer than "
+                       f"the {wanted} windows wanted: windows are cut from the joined documents instead "
+                       "(calibration_sampling='joined')")
+    joined = _joined_windows(tokenizer, rows, wanted + heldout, seqlen)
+    available = joined.shape[0]
+    if nsamples is None and available < wanted + heldout:
+        wanted = max(available - heldout, 0)
+        notices.append(f"{label} holds {available} windows of {seqlen} tokens: calibrating on {wanted} "
+                       f"instead of the paper's {PAPER_NSAMPLES}")
+    if available < wanted + heldout or wanted < 1:
+        raise _too_short(label, available, wanted, heldout, seqlen)
+    held = joined[wanted : wanted + heldout].clone() if heldout else None
+    return CalibrationSample(joined[:wanted].clone(), held, "joined", label, notices)
+
+
+def calibration_windows(tokenizer, source: Any, nsamples: int | None, seqlen: int, seed: int = 0,
+                        sampling: str = "document") -> torch.Tensor:
+    """The (nsamples, seqlen) LongTensor of :func:`sample_calibration`'s calibration windows."""
+    return sample_calibration(tokenizer, source, nsamples, seqlen, seed, sampling).ids
 
 
 def evaluation_tokens(tokenizer, dataset: Any = "wikitext2") -> torch.Tensor:

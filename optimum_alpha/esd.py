@@ -81,13 +81,26 @@ def nonzero_eigenvalues(eigenvalues: torch.Tensor, name: str = "matrix") -> torc
     return nz
 
 
+def xmin_window(peak: float, fix_finger: FixFinger) -> tuple[float, float]:
+    """The inclusive [lower, upper] range of candidate xmins around the ESD peak p.
+
+    ``"strict"`` is the paper's stated window [0.95·p, 1.5·p]. ``"reference"`` is what the authors'
+    ``net_esd_estimator`` computes: its lower bound is log10(0.95·p), compared with *raw* eigenvalues (a unit
+    slip), so it only binds when 0.95·p > 1 and is then far below 0.95·p; for p ≤ 1/0.95 it is negative and
+    every eigenvalue up to 1.5·p is a candidate. Reproduced on purpose, so that alphas match the authors'.
+    """
+    if fix_finger == "strict":
+        return 0.95 * peak, 1.5 * peak
+    return math.log10(0.95 * peak), 1.5 * peak
+
+
 def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix") -> HillFit:
     """Fix-finger PL_Alpha_Hill fit of an ascending spectrum.
 
-    The ESD peak p is the left edge of the fullest of 100 equal bins of log10 λ. Candidate xmins are every
-    non-zero λ_i ≤ 1.5·p (``"reference"``: what the authors' code effectively does, as its lower bound
-    log10(0.95·p) is compared with raw eigenvalues) or 0.95·p ≤ λ_i ≤ 1.5·p (``"strict"``). The candidate with
-    the smallest KS distance wins; all candidates are evaluated at once with suffix sums (no Python loop).
+    The ESD peak p is the left edge of the fullest of 100 equal bins of log10 λ. Candidate xmins are the
+    non-zero λ_i inside :func:`xmin_window` (authors' code with ``"reference"``, the paper's text with
+    ``"strict"``), the largest eigenvalue excluded. The candidate with the smallest KS distance wins (the first
+    one on a tie, as the authors' ``argmin``); all are evaluated at once with suffix sums (no Python loop).
     """
     if fix_finger not in ("reference", "strict"):
         raise ConfigError(f"Unknown fix_finger mode {fix_finger!r}; use 'reference' or 'strict'.")
@@ -101,8 +114,7 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
         peak = 10.0 ** (lo + int(torch.argmax(counts)) * (hi - lo) / HISTOGRAM_BINS)
     else:
         peak = float(lam[0])
-    upper = 1.5 * peak
-    lower = 0.95 * peak if fix_finger == "strict" else 0.0
+    lower, upper = xmin_window(peak, fix_finger)
     candidates = torch.nonzero((lam <= upper) & (lam >= lower)).flatten()
     candidates = candidates[candidates <= n_total - 2]  # a tail needs at least 2 values
     if candidates.numel() == 0:

@@ -69,14 +69,20 @@ def perplexity(
         windows = min(windows, int(max_windows))
     if windows < 1:
         raise ConfigError(f"The evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}.")
+    return window_perplexity(model, ids[: windows * seqlen].reshape(windows, seqlen), show_progress)
+
+
+@torch.no_grad()
+def window_perplexity(model: Any, windows: torch.Tensor, show_progress: bool = False) -> float:
+    """exp(mean token NLL) of a causal LM over the rows of a (windows, seqlen) LongTensor, one at a time."""
     device = input_device(model)
     was_training = model.training
     model.eval()
     total_nll = 0.0
-    for i in tqdm(range(windows), desc="Perplexity", unit="window", disable=not show_progress):
-        window = ids[i * seqlen : (i + 1) * seqlen].unsqueeze(0).to(device)
+    for row in tqdm(windows, desc="Perplexity", unit="window", disable=not show_progress):
+        window = row.unsqueeze(0).to(device)
         logits = model(window, use_cache=False).logits.float()
         loss = F.cross_entropy(logits[0, :-1], window[0, 1:].to(logits.device))
         total_nll += float(loss)
     model.train(was_training)
-    return math.exp(total_nll / windows)
+    return math.exp(total_nll / windows.shape[0])

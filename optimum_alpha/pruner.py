@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
-from .data import calibration_windows
+from .data import sample_calibration
 from .errors import CalibrationDataError, CheckpointError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
@@ -171,18 +171,22 @@ class AlphaPruner(OptimumQuantizer):
                 "pass tokenizer= to AlphaPruner.from_pretrained or use method='magnitude'."
             )
         seqlen = config.resolve_seqlen(max_positions(self.model))
-        ids = calibration_windows(
-            self.tokenizer, config.calibration_dataset, config.nsamples, seqlen, config.seed
-        )
+        sample = sample_calibration(self.tokenizer, config.calibration_dataset, config.nsamples, seqlen,
+                                    config.seed, config.calibration_sampling)
+        for notice in sample.notices:
+            logger.warning("Calibration: %s", notice)
+        ids = sample.ids
         inputs = capture_block_inputs(self.model, self.blocks[0], ids)
         details = {
             "dataset": config.to_dict()["calibration_dataset"],
-            "nsamples": config.nsamples,
+            "nsamples": int(ids.shape[0]),
             "seqlen": seqlen,
             "seed": config.seed,
             "tokens": int(ids.numel()),
+            **sample.describe(),
         }
-        logger.info("Calibration: %d windows of %d tokens from %s", config.nsamples, seqlen, details["dataset"])
+        logger.info("Calibration: %d windows of %d tokens from %s (%s sampling)", details["nsamples"], seqlen,
+                    sample.source, sample.sampling)
         return inputs, details
 
     @torch.no_grad()
@@ -196,6 +200,10 @@ class AlphaPruner(OptimumQuantizer):
         Every weight is checked for NaN/Inf before block 0 is touched. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
+        if config.searches_epsilon:  # one prune per grid value, then this method again with the best ε
+            from .epsilon_search import search_epsilon
+
+            return search_epsilon(self, config, show_progress)
         start = time.perf_counter()
         for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
@@ -310,6 +318,7 @@ class AlphaPruner(OptimumQuantizer):
             "layers": report.layers if report else {},
             "total_sparsity": report.total_sparsity if report else None,
             "calibration": report.calibration if report else {},
+            "epsilon_search": report.epsilon_search if report else {},
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],
         }

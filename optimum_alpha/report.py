@@ -30,6 +30,8 @@ class PruningReport:
     layers: dict[str, float] = field(default_factory=dict)
     layer_targets: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    # epsilon="auto": {"grid", "heldout_perplexity" (one per grid value), "chosen", "heldout_windows", ...}
+    epsilon_search: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     completed: bool = False
 

@@ -83,20 +83,93 @@ def _naive_hill(eigs: torch.Tensor, upper: float, lower: float = 0.0):
     return best
 
 
-@pytest.mark.parametrize("mode", ["reference", "strict"])
-def test_vectorised_hill_fit_equals_candidate_loop(mode):
-    torch.manual_seed(3)
-    eigs = matrix_eigenvalues(torch.randn(300, 200) @ torch.diag(torch.linspace(0.1, 3, 200)))
-    fit = hill_fit(eigs, fix_finger=mode)
+def _authors_fix_finger(eigs: torch.Tensor, bins: int = 100) -> tuple[float, float]:
+    """A literal re-typing of the fix-finger ("xmin_peak") loop of the authors' ``net_esd_estimator``, unit
+    slip included: the lower bound log10(0.95 * peak) is compared with raw eigenvalues. Returns (alpha, D)."""
+    nz_eigs = eigs.sort().values
+    N = len(nz_eigs)
+    log_nz_eigs = torch.log(nz_eigs)
+    alphas = torch.zeros(N - 1, dtype=torch.float64)
+    Ds = torch.ones(N - 1, dtype=torch.float64)
+    hist_nz_eigs = torch.log10(nz_eigs)
+    min_e, max_e = hist_nz_eigs.min(), hist_nz_eigs.max()
+    counts = torch.histc(hist_nz_eigs, bins, min=float(min_e), max=float(max_e))
+    boundaries = torch.linspace(float(min_e), float(max_e), bins + 1, dtype=torch.float64)
+    ih = torch.argmax(counts)
+    xmin2 = 10 ** boundaries[ih]
+    xmin_min = torch.log10(0.95 * xmin2)
+    xmin_max = 1.5 * xmin2
+    for i, xmin in enumerate(nz_eigs[:-1]):
+        if xmin < xmin_min:
+            continue
+        if xmin > xmin_max:
+            break
+        n = float(N - i)
+        seq = torch.arange(n, dtype=torch.float64)
+        alpha = 1 + n / (torch.sum(log_nz_eigs[i:]) - n * log_nz_eigs[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            Ds[i] = torch.max(torch.abs(1 - (nz_eigs[i:] / xmin) ** (-alpha + 1) - seq / n))
+    min_D_index = torch.argmin(Ds)
+    return float(alphas[min_D_index]), float(Ds[min_D_index])
+
+
+def _spectrum(scale: float, seed: int = 3) -> torch.Tensor:
+    """A bulk plus a power-law tail (eigenvalues of a random matrix with a decaying column scale), scaled."""
+    torch.manual_seed(seed)
+    return scale * matrix_eigenvalues(torch.randn(300, 200) @ torch.diag(torch.linspace(0.1, 3, 200)))
+
+
+def _peak(eigs: torch.Tensor) -> float:
     log10 = torch.log10(eigs)
     counts = torch.histc(log10, bins=100, min=float(log10.min()), max=float(log10.max()))
-    peak = 10 ** (float(log10.min()) + int(counts.argmax()) * float(log10.max() - log10.min()) / 100)
-    alpha, distance, xmin = _naive_hill(eigs, 1.5 * peak, 0.95 * peak if mode == "strict" else 0.0)
+    return 10 ** (float(log10.min()) + int(counts.argmax()) * float(log10.max() - log10.min()) / 100)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0, 30.0, 1e3, 1e5])
+def test_reference_mode_is_the_authors_estimator_unit_slip_included(scale):
+    """Peaks below and above 1: the vectorised fit gives the authors' loop's alpha and KS distance."""
+    eigs = _spectrum(scale)
+    alpha, distance = _authors_fix_finger(eigs)
+    fit = hill_fit(eigs, fix_finger="reference")
+    assert fit.alpha == pytest.approx(alpha, rel=1e-9)
+    assert fit.ks_distance == pytest.approx(distance, rel=1e-9)
+
+
+def _bump_spectrum(peak: float) -> torch.Tensor:
+    """Issue 14's case: a power law (exponent 1.75, cut at 4) under a narrow bump that is the ESD peak."""
+    generator = torch.Generator().manual_seed(1)  # with this draw: alpha 1.58 at peak 0.476, 87.7 at 4.76
+    law = torch.rand(3000, generator=generator, dtype=torch.float64).pow(-1 / 0.75) * 0.01
+    bump = 4.76 * torch.exp(0.02 * torch.randn(300, generator=generator, dtype=torch.float64))
+    eigs = torch.cat([law[law < 4.0], bump]).sort().values
+    return eigs * peak / _peak(eigs)
+
+
+def test_the_unit_slip_binds_only_when_the_peak_is_above_one():
+    """With the peak at 0.476 the authors' lower bound log10(0.95 p) is negative: every eigenvalue up to 1.5 p
+    is a candidate and the power law's alpha wins. Scaled so the peak is 4.76 the bound is 0.655: the power
+    law's xmins are cut off, only the bump is fitted and alpha explodes, as in the authors' code."""
+    low, high = _bump_spectrum(0.476), _bump_spectrum(4.76)
+    for eigs in (low, high):
+        assert hill_fit(eigs).alpha == pytest.approx(_authors_fix_finger(eigs)[0], rel=1e-9)
+    no_lower_bound = _naive_hill(high, 1.5 * _peak(high), 0.0)[0]
+    assert hill_fit(low).alpha == pytest.approx(no_lower_bound, rel=1e-9)
+    assert no_lower_bound < 2.0 < 50.0 < hill_fit(high).alpha
+    assert hill_fit(high, fix_finger="strict").alpha == pytest.approx(hill_fit(low, fix_finger="strict").alpha)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_strict_mode_is_the_papers_window(scale):
+    eigs = _spectrum(scale)
+    fit = hill_fit(eigs, fix_finger="strict")
+    peak = _peak(eigs)
+    alpha, distance, xmin = _naive_hill(eigs, 1.5 * peak, 0.95 * peak)
     assert fit.alpha == pytest.approx(alpha, rel=1e-9)
     assert fit.ks_distance == pytest.approx(distance, rel=1e-9)
     assert fit.xmin == pytest.approx(xmin, rel=1e-12)
-    if mode == "strict":
-        assert 0.95 * peak <= fit.xmin <= 1.5 * peak
+    assert 0.95 * peak <= fit.xmin <= 1.5 * peak
+    # The paper's window is scale-free: the same spectrum at another scale gives the same alpha.
+    assert fit.alpha == pytest.approx(hill_fit(_spectrum(1.0), fix_finger="strict").alpha, rel=1e-9)
 
 
 def test_shape_and_scale_metrics_follow_their_definitions():

@@ -62,6 +62,21 @@ def _blocks_table(blocks: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(rows)
 
 
+def _calibration_rows(calibration: dict[str, Any], search: dict[str, Any]) -> list[str]:
+    """Table rows saying which calibration windows were used and, for ε auto, the whole sweep."""
+    rows = []
+    if calibration:
+        rows.append(f"| calibration | {calibration.get('windows', calibration.get('nsamples', '?'))} windows x "
+                    f"{calibration.get('seqlen', '?')} tokens, {calibration.get('sampling', '?')} sampling, "
+                    f"from {calibration.get('source', calibration.get('dataset', '?'))} |")
+    if search:
+        sweep = ", ".join(f"{e:g}: {_fmt(p, 2)}" for e, p in zip(search.get("grid", []),
+                                                                 search.get("heldout_perplexity", [])))
+        rows.append(f"| ε (auto) | {search.get('chosen')}, lowest held-out perplexity on "
+                    f"{search.get('heldout_windows')} windows of {search.get('heldout_source')} ({sweep}) |")
+    return rows
+
+
 def build_model_card(
     metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = "path/to/this/folder"
 ) -> ModelCard:
@@ -96,6 +111,7 @@ def build_model_card(
         f"| checkpoint format | {fmt} |",
         f"| optimum-alpha version | {metadata.get('library_version', 'unknown')} |",
     ]
+    lines += _calibration_rows(metadata.get("calibration") or {}, metadata.get("epsilon_search") or {})
     if perplexity.get("dense") is not None or perplexity.get("pruned") is not None:
         dataset = perplexity.get("dataset") or "evaluation set"
         lines.append(

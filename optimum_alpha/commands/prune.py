@@ -43,10 +43,13 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "allocation": "alpha",
     "metric": "alpha_hill",
     "epsilon": 0.3,
+    "epsilon_grid": [0.1, 0.2, 0.3, 0.4, 0.5],
+    "heldout": 8,
     "max_sparsity": 0.99,
     "granularity": "block",
     "calibration_dataset": "c4",
-    "nsamples": 64,
+    "calibration_sampling": "document",
+    "nsamples": None,
     "seqlen": None,
     "seed": 0,
     "nm": None,
@@ -76,8 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  choices=ALLOCATIONS)
     _config_flag(parser, "--metric", "metric", "ESD metric that drives --allocation alpha", choices=METRICS)
     _config_flag(parser, "--epsilon", "epsilon",
-                 "alpha allocation spread: block sparsities lie in [1-E, 1+E] times the target",
-                 type=float, metavar="E")
+                 "alpha allocation spread: block sparsities lie in [1-E, 1+E] times the target; 'auto' "
+                 "prunes once per --epsilon-grid value, keeps the lowest perplexity on --heldout held-out "
+                 "calibration-source windows (never the eval set) and prunes again: grid size + 1 prunes",
+                 type=epsilon_value, metavar="E|auto")
+    _config_flag(parser, "--epsilon-grid", "epsilon_grid", "the ε values tried by --epsilon auto",
+                 type=float, nargs="+", metavar="E")
+    _config_flag(parser, "--heldout", "heldout", "held-out windows scoring --epsilon auto",
+                 type=positive_int, metavar="N")
     _config_flag(parser, "--max-sparsity", "max_sparsity", "no block gets more sparsity than this",
                  type=float, metavar="S")
     _config_flag(parser, "--granularity", "granularity", "allocate per block (paper) or per matrix",
@@ -89,8 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _config_flag(parser, "--calibration", "calibration_dataset",
                  "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
                  metavar="c4|wikitext2|PATH")
-    _config_flag(parser, "--nsamples", "nsamples", "number of calibration windows", type=positive_int,
-                 metavar="N")
+    _config_flag(parser, "--calibration-sampling", "calibration_sampling",
+                 "document: each window inside one document longer than it, at a random offset (the "
+                 "references); joined: documents joined and cut into consecutive windows (the fallback when "
+                 "too few documents are long enough)", choices=("document", "joined"))
+    _config_flag(parser, "--nsamples", "nsamples",
+                 "number of calibration windows; default: the paper's 128, or as many as the source holds",
+                 type=positive_int, metavar="N")
     _config_flag(parser, "--seqlen", "seqlen",
                  "tokens per calibration (and --eval) window; None means min(2048, model max positions)",
                  type=positive_int, metavar="N")
@@ -113,6 +127,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
     add_eval_arguments(parser, prefix="eval-")
+
+
+def epsilon_value(text: str) -> float | str:
+    """--epsilon: a number, or 'auto' for the held-out sweep."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'auto', got {text!r}") from err
 
 
 def resolve_config(args: argparse.Namespace):
@@ -152,7 +176,12 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
     print(f"total sparsity: {report.total_sparsity:.4f} (target {target:.4f})")
     if report.calibration:
         cal = report.calibration
-        print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
+        print(f"calibration: {cal.get('source', cal['dataset'])}, {cal['nsamples']} windows x {cal['seqlen']} "
+              f"tokens ({cal.get('sampling', 'joined')} sampling)")
+    if report.epsilon_search:
+        search = report.epsilon_search
+        sweep = ", ".join(f"{e:g} -> {p:.2f}" for e, p in zip(search["grid"], search["heldout_perplexity"]))
+        print(f"epsilon auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
     if ppl:
         before, after = ppl["before"], ppl["after"]
         ratio = after / before

@@ -1,0 +1,170 @@
+"""The paper's main comparison on SmolLM2-135M: {magnitude, Wanda, SparseGPT} x {uniform, OWL, alpha (default
+ε), alpha (ε auto)} at 50-80 % sparsity, the dense model, and fix-finger reference vs strict.
+
+One fixed protocol for every cell (defaults: WikiText-2 test, first 8 windows of 1024 tokens; calibration
+16 C4 windows x 512 tokens with the library's default sampling, seed 0)::
+
+    OMP_NUM_THREADS=1 python benchmarks/paper_table.py --log paper.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/paper_table.py --methods sparsegpt --log paper-sgpt.jsonl
+    python benchmarks/paper_table.py --resume paper.jsonl paper-sgpt.jsonl      # print the table from logs
+
+Columns ``alpha`` use the library's default ε (0.3) and fix-finger; ``alpha-auto`` uses ``epsilon="auto"``
+(one prune per grid value scored on held-out C4 windows, then the final prune). Every finished run is
+printed (``run: ...``) and appended to ``--log``, so a stopped job keeps its numbers and ``--resume`` skips
+them (same settings: the caller's promise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ModelFactory, Session, markdown_table, print_report  # noqa: E402
+
+ALLOCATIONS = ("uniform", "owl", "alpha", "alpha-auto")
+
+
+class Cells:
+    """Runs one cell at a time on a session, caching (and logging) each result by its key."""
+
+    def __init__(self, args: argparse.Namespace, session_factory) -> None:
+        self.args = args
+        self.session_factory = session_factory
+        self._session: Session | None = None
+        self.cache: dict[str, dict[str, Any]] = {}
+        for path in args.resume or []:
+            for line in Path(path).read_text().splitlines():
+                record = json.loads(line)
+                self.cache[record["key"]] = record
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:  # loaded only when a cell is missing from the logs
+            self._session = self.session_factory()
+        return self._session
+
+    def _record(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.cache[record["key"]] = record
+        print("run: " + json.dumps(record), flush=True)
+        if self.args.log:
+            with open(self.args.log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+    def dense(self) -> dict[str, Any]:
+        if "dense" not in self.cache:
+            self.session.restore()
+            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows)
+            self._record({"key": "dense", "perplexity": ppl})
+        return self.cache["dense"]
+
+    def cell(self, method: str, allocation: str, sparsity: float, fix_finger: str | None = None) -> dict:
+        from optimum_alpha import AlphaPruningConfig
+
+        fix_finger = fix_finger or AlphaPruningConfig.fix_finger
+        key = f"{method}/{allocation}/{sparsity:g}/{fix_finger}"
+        if key in self.cache:
+            return self.cache[key]
+        options: dict[str, Any] = {"allocation": "alpha" if allocation == "alpha-auto" else allocation}
+        if allocation == "alpha-auto":
+            options.update(epsilon="auto", epsilon_grid=tuple(self.args.epsilon_grid), heldout=self.args.heldout)
+        config = AlphaPruningConfig(sparsity=sparsity, method=method, fix_finger=fix_finger,
+                                    nsamples=self.args.nsamples, seqlen=self.args.seqlen, seed=self.args.seed,
+                                    **options)
+        result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows)
+        report = self.session.pruner.last_report
+        record = {"key": key, "method": method, "allocation": allocation, "sparsity": sparsity,
+                  "fix_finger": fix_finger, "perplexity": result.perplexity, "prune_s": result.prune_s,
+                  "eval_s": result.eval_s, "total_sparsity": result.total_sparsity,
+                  "calibration": {k: v for k, v in report.calibration.items() if k != "notices"}}
+        if report.epsilon_search:
+            record["epsilon_search"] = report.epsilon_search
+        return self._record(record)
+
+
+def verdicts(cells: Cells, args: argparse.Namespace) -> list[str]:
+    """One line for every cell where an alpha column does not beat uniform or OWL."""
+    lines = []
+    for method in args.methods:
+        for sparsity in args.sparsities:
+            for alpha in [a for a in args.allocations if a.startswith("alpha")]:
+                mine = cells.cell(method, alpha, sparsity)["perplexity"]
+                for other in [a for a in args.allocations if not a.startswith("alpha")]:
+                    theirs = cells.cell(method, other, sparsity)["perplexity"]
+                    if not mine < theirs:
+                        lines.append(f"- {method} {sparsity:.0%}: {alpha} ({mine:.2f}) does NOT beat {other} "
+                                     f"({theirs:.2f})")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=ALLOCATIONS)
+    p.add_argument("--auto-methods", nargs="+", default=None,
+                   help="methods that get the alpha-auto column (default: all of --methods)")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
+    p.add_argument("--fix-finger-cells", nargs="*", default=["wanda:0.7"],
+                   help="METHOD:SPARSITY cells run with both fix-finger modes")
+    p.add_argument("--epsilon-grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--heldout", type=int, default=4, help="held-out C4 windows scoring epsilon='auto'")
+    p.add_argument("--nsamples", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-windows", type=int, default=8, help="WikiText-2 test windows")
+    p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--log", default=None)
+    p.add_argument("--resume", nargs="+", default=None)
+    p.add_argument("--progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    auto_methods = set(args.auto_methods if args.auto_methods is not None else args.methods)
+    cells = Cells(args, lambda: Session(args.model, factory=model_factory, show_progress=args.progress))
+    start = time.perf_counter()
+    headers = ["method", "allocation"] + [f"{s:.0%}" for s in args.sparsities]
+    dense = cells.dense()["perplexity"]
+    rows: list[list[Any]] = [["dense", "-"] + [f"{dense:.2f}"] * len(args.sparsities)]
+    for method in args.methods:
+        for allocation in args.allocations:
+            if allocation == "alpha-auto" and method not in auto_methods:
+                continue
+            row: list[Any] = [method, allocation]
+            for sparsity in args.sparsities:
+                record = cells.cell(method, allocation, sparsity)
+                chosen = record.get("epsilon_search", {}).get("chosen")
+                row.append(f"{record['perplexity']:.2f}" + (f" (ε {chosen:g})" if chosen is not None else ""))
+            rows.append(row)
+    args.allocations = [a for a in args.allocations if a != "alpha-auto" or auto_methods >= set(args.methods)]
+    ff_rows = []
+    for spec in args.fix_finger_cells:
+        method, sparsity = spec.split(":")
+        values = [cells.cell(method, "alpha", float(sparsity), mode)["perplexity"] for mode in ("reference", "strict")]
+        ff_rows.append([method, f"{float(sparsity):.0%}"] + [f"{v:.2f}" for v in values])
+    sample = next((r["calibration"] for r in cells.cache.values() if "calibration" in r), {})
+    settings = (f"WikiText-2 test, first {args.max_windows} windows of {args.eval_seqlen} tokens; calibration "
+                f"{args.nsamples} x {args.seqlen} tokens, {sample.get('sampling', '?')} sampling from "
+                f"{sample.get('source', '?')}, seed {args.seed}; ε auto grid {args.epsilon_grid}, "
+                f"{args.heldout} held-out windows")
+    body = markdown_table(headers, rows)
+    if ff_rows:
+        body += "\n\nfix-finger (alpha, default ε):\n\n" + markdown_table(
+            ["method", "sparsity", "reference", "strict"], ff_rows)
+    notes = verdicts(cells, args)
+    body += "\n\n" + ("\n".join(notes) if notes else "alpha beats uniform and OWL in every cell")
+    return print_report("paper table", settings, f"time {time.perf_counter() - start:.0f} s", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``epsilon="auto"``: choose AlphaPruning's ε by perplexity on held-out calibration-source windows.
+
+The paper tunes ε (its τ) per model and method with a sweep (Table 8), scored on the test set. Here every
+value of ``config.epsilon_grid`` is tried: the dense prunable weights are snapshotted, the model is pruned
+with that ε, scored on ``config.heldout`` windows of the *calibration* source that share no token with the
+calibration windows, and restored; then the model is pruned once more with the best ε. The evaluation set is
+never read. Cost: len(epsilon_grid) + 1 prunes and len(epsilon_grid) held-out evaluations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate.utils import align_module_device
+
+from .configuration import AlphaPruningConfig
+from .data import sample_calibration
+from .evaluate import max_positions, window_perplexity
+from .model_utils import weight_matrix
+from .offload import write_layer_weight
+
+if TYPE_CHECKING:
+    from .pruner import AlphaPruner
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot_weights(pruner: "AlphaPruner") -> dict[str, torch.Tensor]:
+    """A CPU copy of every prunable weight (the only tensors a prune changes)."""
+    copies = {}
+    for _, name, layer in pruner._layer_names():
+        with align_module_device(layer):
+            copies[name] = weight_matrix(layer).detach().to("cpu", copy=True)
+    return copies
+
+
+def restore_weights(pruner: "AlphaPruner", copies: dict[str, torch.Tensor]) -> None:
+    """Write the snapshotted weights back where each one lives (GPU, CPU or offload map)."""
+    for _, name, layer in pruner._layer_names():
+        write_layer_weight(layer, copies[name])
+
+
+def search_epsilon(pruner: "AlphaPruner", config: AlphaPruningConfig, show_progress: bool = True):
+    """Sweep ``config.epsilon_grid``, keep the ε with the lowest held-out perplexity; ``(model, report)``
+    of the final prune, whose ``epsilon_search`` holds the whole sweep."""
+    seqlen = config.resolve_seqlen(max_positions(pruner.model))
+    sample = sample_calibration(pruner.tokenizer, config.calibration_dataset, config.nsamples, seqlen,
+                                config.seed, config.calibration_sampling, heldout=config.heldout)
+    # Pinning nsamples keeps every trial's calibration windows exactly the ones the held-out set avoids.
+    base = replace(config, nsamples=int(sample.ids.shape[0]))
+    snapshot = snapshot_weights(pruner)
+    scores: list[float] = []
+    try:
+        for epsilon in config.epsilon_grid:
+            pruner.prune(replace(base, epsilon=epsilon), show_progress=False)
+            score = window_perplexity(pruner.model, sample.heldout)
+            scores.append(score if math.isfinite(score) else math.inf)
+            logger.info("epsilon=auto: ε %.3g -> held-out perplexity %.3f", epsilon, score)
+            restore_weights(pruner, snapshot)
+    except BaseException:
+        restore_weights(pruner, snapshot)  # an interrupted sweep leaves the dense model, not a trial
+        raise
+    best = min(range(len(scores)), key=scores.__getitem__)
+    chosen = config.epsilon_grid[best]
+    logger.info("epsilon=auto: chose ε %.3g of %s", chosen, list(config.epsilon_grid))
+    model, report = pruner.prune(replace(base, epsilon=chosen), show_progress=show_progress)
+    report.config = {**report.config, "epsilon": config.epsilon, "nsamples": config.nsamples}
+    report.epsilon_search = describe_search(config, sample, scores, chosen)
+    return model, report
+
+
+def describe_search(config: AlphaPruningConfig, sample: Any, scores: list[float], chosen: float) -> dict:
+    """The sweep as the report, ``alpha_pruning.json`` and the model card record it."""
+    return {
+        "grid": list(config.epsilon_grid),
+        "heldout_perplexity": scores,
+        "chosen": chosen,
+        "heldout_windows": int(sample.heldout.shape[0]),
+        "heldout_seqlen": int(sample.heldout.shape[1]),
+        "heldout_source": sample.source,
+        "prunes": len(config.epsilon_grid) + 1,
+    }
