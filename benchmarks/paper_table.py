@@ -1,8 +1,8 @@
 """The paper's main comparison on SmolLM2-135M: {magnitude, Wanda, SparseGPT} x {uniform, OWL, alpha (default
 ε), alpha (ε auto)} at 50-80 % sparsity, the dense model, and fix-finger reference vs strict.
 
-One fixed protocol for every cell (defaults: WikiText-2 test, first 8 windows of 1024 tokens; calibration
-16 C4 windows x 512 tokens with the library's default sampling, seed 0)::
+One fixed protocol for every cell (defaults: WikiText-2 test, first 4 windows of 1024 tokens; calibration
+8 C4 windows x 512 tokens with the library's default sampling, seed 0; 4 held-out windows for ε auto)::
 
     OMP_NUM_THREADS=1 python benchmarks/paper_table.py --log paper.jsonl
     OMP_NUM_THREADS=1 python benchmarks/paper_table.py --methods sparsegpt --log paper-sgpt.jsonl
@@ -61,7 +61,7 @@ class Cells:
     def dense(self) -> dict[str, Any]:
         if "dense" not in self.cache:
             self.session.restore()
-            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows)
+            ppl = self.session.perplexity(self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
             self._record({"key": "dense", "perplexity": ppl})
         return self.cache["dense"]
 
@@ -78,7 +78,7 @@ class Cells:
         config = AlphaPruningConfig(sparsity=sparsity, method=method, fix_finger=fix_finger,
                                     nsamples=self.args.nsamples, seqlen=self.args.seqlen, seed=self.args.seed,
                                     **options)
-        result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows)
+        result = self.session.run(config, self.args.eval_seqlen, self.args.max_windows, self.args.eval_dataset)
         report = self.session.pruner.last_report
         record = {"key": key, "method": method, "allocation": allocation, "sparsity": sparsity,
                   "fix_finger": fix_finger, "perplexity": result.perplexity, "prune_s": result.prune_s,
@@ -116,12 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix-finger-cells", nargs="*", default=["wanda:0.7"],
                    help="METHOD:SPARSITY cells run with both fix-finger modes")
     p.add_argument("--epsilon-grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--heldout", type=int, default=4, help="held-out C4 windows scoring epsilon='auto'")
-    p.add_argument("--nsamples", type=int, default=16)
+    p.add_argument("--heldout", type=int, default=4, help="held-out C4 windows scoring epsilon=auto")
+    p.add_argument("--nsamples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-windows", type=int, default=8, help="WikiText-2 test windows")
+    p.add_argument("--max-windows", type=int, default=4, help="WikiText-2 test windows")
     p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--eval-dataset", default="wikitext2", help="wikitext2 (test split) or a local text file")
     p.add_argument("--log", default=None)
     p.add_argument("--resume", nargs="+", default=None)
     p.add_argument("--progress", action="store_true")
