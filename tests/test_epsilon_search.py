@@ -116,3 +116,23 @@ def test_card_states_the_sweep_and_the_calibration():
     text = str(build_model_card(metadata, fmt="dense", chart_file=None))
     assert "128 windows x 2048 tokens, document sampling, from c4 (shipped)" in text
     assert "| ε (auto) | 0.2" in text and "0.1: 30.50, 0.2: 28.25" in text
+
+
+def test_cli_prune_with_auto_epsilon_prints_and_saves_the_sweep(tmp_path, tiny_tokenizer, capsys,
+                                                               no_evaluation_data):
+    import json
+
+    folder = tmp_path / "tiny"
+    make_tiny_model("llama", layers=2).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    parser = argparse.ArgumentParser()
+    prune_cmd.add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args([str(folder), "--sparsity", "0.6", "--epsilon", "auto", "--epsilon-grid", "0.1",
+                              "0.5", "--heldout", "2", "--nsamples", "2", "--seqlen", "32", "--output", str(out)])
+    assert prune_cmd.run(args) == 0
+    assert "epsilon auto: chose" in capsys.readouterr().out
+    saved = json.loads((out / "alpha_pruning.json").read_text())
+    assert saved["epsilon_search"]["grid"] == [0.1, 0.5] and saved["config"]["epsilon"] == "auto"
+    assert saved["calibration"]["sampling"] == "document"
+    assert "ε (auto)" in (out / "README.md").read_text()
