@@ -6,7 +6,7 @@ One fixed protocol for every cell (defaults: WikiText-2 test, first 4 windows of
 
     OMP_NUM_THREADS=1 python benchmarks/paper_table.py --log paper.jsonl
     OMP_NUM_THREADS=1 python benchmarks/paper_table.py --methods sparsegpt --log paper-sgpt.jsonl
-    python benchmarks/paper_table.py --resume paper.jsonl paper-sgpt.jsonl      # print the table from logs
+    python benchmarks/paper_table.py --resume paper.jsonl paper-sgpt.jsonl --no-run   # the table from logs
 
 Columns ``alpha`` use the library's default ε (0.3) and fix-finger; ``alpha-auto`` uses ``epsilon="auto"``
 (one prune per grid value scored on held-out C4 windows, then the final prune). Every finished run is
@@ -72,6 +72,8 @@ class Cells:
         key = f"{method}/{allocation}/{sparsity:g}/{fix_finger}"
         if key in self.cache:
             return self.cache[key]
+        if self.args.no_run:
+            return {"key": key, "perplexity": None}
         options: dict[str, Any] = {"allocation": "alpha" if allocation == "alpha-auto" else allocation}
         if allocation == "alpha-auto":
             options.update(epsilon="auto", epsilon_grid=tuple(self.args.epsilon_grid), heldout=self.args.heldout)
@@ -89,6 +91,10 @@ class Cells:
         return self._record(record)
 
 
+def _cell_text(perplexity: float | None) -> str:
+    return "not run" if perplexity is None else f"{perplexity:.2f}"
+
+
 def verdicts(cells: Cells, args: argparse.Namespace) -> list[str]:
     """One line for every cell where an alpha column does not beat uniform or OWL."""
     lines = []
@@ -98,7 +104,7 @@ def verdicts(cells: Cells, args: argparse.Namespace) -> list[str]:
                 mine = cells.cell(method, alpha, sparsity)["perplexity"]
                 for other in [a for a in args.allocations if not a.startswith("alpha")]:
                     theirs = cells.cell(method, other, sparsity)["perplexity"]
-                    if not mine < theirs:
+                    if mine is not None and theirs is not None and not mine < theirs:
                         lines.append(f"- {method} {sparsity:.0%}: {alpha} ({mine:.2f}) does NOT beat {other} "
                                      f"({theirs:.2f})")
     return lines
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-dataset", default="wikitext2", help="wikitext2 (test split) or a local text file")
     p.add_argument("--log", default=None)
     p.add_argument("--resume", nargs="+", default=None)
+    p.add_argument("--no-run", action="store_true",
+                   help="only print the cells found in --resume logs; the others show 'not run'")
     p.add_argument("--progress", action="store_true")
     return p
 
@@ -145,14 +153,15 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
             for sparsity in args.sparsities:
                 record = cells.cell(method, allocation, sparsity)
                 chosen = record.get("epsilon_search", {}).get("chosen")
-                row.append(f"{record['perplexity']:.2f}" + (f" (ε {chosen:g})" if chosen is not None else ""))
+                row.append(_cell_text(record["perplexity"]) + (f" (ε {chosen:g})" if chosen is not None else ""))
             rows.append(row)
     args.allocations = [a for a in args.allocations if a != "alpha-auto" or auto_methods >= set(args.methods)]
     ff_rows = []
     for spec in args.fix_finger_cells:
         method, sparsity = spec.split(":")
-        values = [cells.cell(method, "alpha", float(sparsity), mode)["perplexity"] for mode in ("reference", "strict")]
-        ff_rows.append([method, f"{float(sparsity):.0%}"] + [f"{v:.2f}" for v in values])
+        values = [cells.cell(method, "alpha", float(sparsity), mode)["perplexity"]
+                  for mode in ("reference", "strict")]
+        ff_rows.append([method, f"{float(sparsity):.0%}"] + [_cell_text(v) for v in values])
     sample = next((r["calibration"] for r in cells.cache.values() if "calibration" in r), {})
     settings = (f"WikiText-2 test, first {args.max_windows} windows of {args.eval_seqlen} tokens; calibration "
                 f"{args.nsamples} x {args.seqlen} tokens, {sample.get('sampling', '?')} sampling from "

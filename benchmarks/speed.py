@@ -207,7 +207,7 @@ def stage_timers(method: str) -> Iterator[dict[str, float]]:
         return "propagation" if keep_outputs else "statistics_forward"
 
     patches = [
-        (pruner_module, "calibration_windows", _timed(times, "calibration_io")),
+        (pruner_module, "sample_calibration", _timed(times, "calibration_io")),
         (pruner_module, "capture_block_inputs", _timed(times, "capture")),
         (pruner_module, "run_block", _timed(times, run_block_label)),
         (layer_cls, "add_batch", _timed(times, "statistics_accumulate")),

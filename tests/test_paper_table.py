@@ -37,3 +37,8 @@ def test_paper_table_main_on_a_tiny_model(tiny_tokenizer, tmp_path):
     # Every cell is in the log: a resumed run loads no model and prints the same table.
     again = paper_table.main(argv[:-2] + ["--resume", str(log)], model_factory=None)
     assert again.split("time ")[1].split("\n", 1)[1] == text.split("time ")[1].split("\n", 1)[1]
+    # --no-run prints what the logs hold and marks the rest, without loading a model.
+    dense_only = tmp_path / "dense.jsonl"
+    dense_only.write_text(log.read_text().splitlines()[0] + "\n")
+    partial = paper_table.main(argv[:-2] + ["--resume", str(dense_only), "--no-run"], model_factory=None)
+    assert "| wanda | uniform | not run |" in partial and "does NOT beat" not in partial
