@@ -133,3 +133,12 @@ def test_pipeline_prunes_a_tiny_model_with_alps(tiny_model, tiny_tokenizer, tmp_
     assert report.total_sparsity == pytest.approx(0.7, abs=2e-3)
     assert all(b.achieved_sparsity == pytest.approx(b.target_sparsity, abs=1e-3) for b in report.blocks)
     assert torch.isfinite(tiny_model(torch.randint(0, 300, (1, 16))).logits).all()
+
+
+def test_model_card_names_alps():
+    from optimum_alpha.checkpoint.model_card import build_model_card
+
+    config = AlphaPruningConfig(sparsity=0.7, method="alps", alps_max_iter=50).to_dict()
+    card = str(build_model_card({"config": config}, fmt="sparse", chart_file=None))
+    assert "using the `alps` pruning criterion" in card and "| pruning method | alps (allocation: alpha) |" in card
+    assert AlphaPruningConfig.from_dict(config).alps_max_iter == 50  # alpha_pruning.json round-trips the options
