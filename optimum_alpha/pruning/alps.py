@@ -31,6 +31,8 @@ diagonal.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import ConfigError
@@ -124,14 +126,18 @@ class ALPSPruner(LayerPruner):
         return h, scale, w * scale[None, :]
 
 
-class _AdmmResult:
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, iterations: int) -> None:
-        self.weight, self.mask, self.iterations = weight, mask, iterations
+@dataclass
+class AdmmResult:
+    """The ADMM solution projected on its final support, that support (True = kept), iterations run."""
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+    iterations: int
 
 
 def admm_support(
     hessian: torch.Tensor, target: torch.Tensor, w0: torch.Tensor, project, rho: float, max_iter: int
-) -> _AdmmResult:
+) -> AdmmResult:
     """ADMM with the ρ schedule; returns the projected final iterate, its kept-mask and the iteration count.
 
     ``project(x)`` returns the mask of the entries of ``x`` to prune (True = pruned).
@@ -180,7 +186,7 @@ def admm_support(
         rho = min(rho, MAX_RHO)
         solve = inverse(rho)
     final = project(w)
-    return _AdmmResult(w.masked_fill(final, 0.0), ~final, iterations)
+    return AdmmResult(w.masked_fill(final, 0.0), ~final, iterations)
 
 
 def pcg_on_support(
