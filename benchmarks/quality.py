@@ -277,10 +277,7 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
     from optimum_alpha import AlphaPruningConfig
 
     pruner, sparsity, metric = runner.session.pruner, args.sparsities[0], args.metrics[0]
-    layers = pruner._layer_names()
-    sizes = [0] * len(pruner.blocks)
-    for i, _, layer in layers:
-        sizes[i] += layer.weight.numel()
+    sizes = [sum(m.numel for m in block.matrices) for block in pruner.block_weights()]
     columns, headers = [], ["block", metric]
     for granularity in args.granularity:
         for bound in args.max_sparsity:

@@ -9,7 +9,8 @@ from typing import Any
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import METRICS
+from .esd import BLOCK_SCORES, METRICS
+from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 from .pruning.alps import check_alps_options
 
@@ -88,6 +89,13 @@ class AlphaPruningConfig:
         alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
             settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
             kept weights (iterations, relative residual tolerance). Defaults are the paper's.
+        ignore: weights inside the blocks to keep dense, as module-name patterns (``"re:.*self_attn.*"`` for a
+            regular expression matched from the start of the name, else an exact name or name suffix). Expert
+            matrices are named ``<experts module>.<expert>.{gate,up,down}_proj``. Routers are kept dense
+            unless ``prune_routers``; every other weight inside the blocks must be pruned or ignored.
+        prune_routers: prune MoE router weights like any matrix (default: keep them dense).
+        block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
+            matrix counts once) or ``weighted`` by parameter count.
     """
 
     sparsity: float = 0.5
@@ -111,6 +119,9 @@ class AlphaPruningConfig:
     alps_max_iter: int = 300
     alps_pcg_iters: int = 10
     alps_pcg_tol: float = 1e-4
+    ignore: list[str] | None = None
+    prune_routers: bool = False
+    block_score: str = "mean"
 
     def __post_init__(self) -> None:
         self.method = str(self.method).lower()
@@ -146,6 +157,17 @@ class AlphaPruningConfig:
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
         check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters, float(self.alps_pcg_tol))
+        if self.ignore is not None:
+            if isinstance(self.ignore, str):
+                self.ignore = [self.ignore]
+            self.ignore = list(self.ignore)
+            compile_patterns(self.ignore)
+        if self.block_score not in BLOCK_SCORES:
+            raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+
+    def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
+        """The config values a layer pruner declares in its ``options``."""
+        return {name: getattr(self, name) for name in option_names}
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

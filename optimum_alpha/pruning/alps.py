@@ -75,11 +75,9 @@ class ALPSPruner(LayerPruner):
         alps_max_iter: int = 300,
         alps_pcg_iters: int = 10,
         alps_pcg_tol: float = 1e-4,
+        **options: object,
     ) -> None:
-        self.name = name
-        if percdamp < 0:
-            raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
-        check_alps_options(alps_rho, alps_max_iter, alps_pcg_iters, alps_pcg_tol)
+        super().__init__(name)  # the values were validated by AlphaPruningConfig (check_alps_options)
         self.percdamp = float(percdamp)
         self.rho = float(alps_rho)
         self.max_iter = int(alps_max_iter)
@@ -91,6 +89,10 @@ class ALPSPruner(LayerPruner):
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         self.gram, self.tokens = update_gram(self.gram, self.tokens, inputs)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.gram is not None
 
     def free(self) -> None:
         self.gram = None
