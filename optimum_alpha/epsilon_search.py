@@ -15,13 +15,10 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate.utils import align_module_device
 
 from .configuration import AlphaPruningConfig
 from .data import sample_calibration
 from .evaluate import max_positions, window_perplexity
-from .model_utils import weight_matrix
-from .offload import write_layer_weight
 
 if TYPE_CHECKING:
     from .pruner import AlphaPruner
@@ -29,19 +26,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def snapshot_weights(pruner: "AlphaPruner") -> dict[str, torch.Tensor]:
-    """A CPU copy of every prunable weight (the only tensors a prune changes)."""
-    copies = {}
-    for _, name, layer in pruner._layer_names():
-        with align_module_device(layer):
-            copies[name] = weight_matrix(layer).detach().to("cpu", copy=True)
-    return copies
+def snapshot_weights(pruner: "AlphaPruner", config: AlphaPruningConfig) -> dict[str, torch.Tensor]:
+    """A CPU copy of every prunable matrix (the only weights a prune changes)."""
+    return {m.name: m.read().detach().to("cpu", copy=True) for block in pruner.block_weights(config)
+            for m in block.matrices}
 
 
-def restore_weights(pruner: "AlphaPruner", copies: dict[str, torch.Tensor]) -> None:
-    """Write the snapshotted weights back where each one lives (GPU, CPU or offload map)."""
-    for _, name, layer in pruner._layer_names():
-        write_layer_weight(layer, copies[name])
+def restore_weights(pruner: "AlphaPruner", config: AlphaPruningConfig, copies: dict[str, torch.Tensor]) -> None:
+    """Write the snapshotted matrices back wherever each one lives (GPU, CPU, offload map)."""
+    for block in pruner.block_weights(config):
+        for matrix in block.matrices:
+            matrix.write(copies[matrix.name])
 
 
 def search_epsilon(pruner: "AlphaPruner", config: AlphaPruningConfig, show_progress: bool = True):
@@ -52,7 +47,7 @@ def search_epsilon(pruner: "AlphaPruner", config: AlphaPruningConfig, show_progr
                                 config.seed, config.calibration_sampling, heldout=config.heldout)
     # Pinning nsamples keeps every trial's calibration windows exactly the ones the held-out set avoids.
     base = replace(config, nsamples=int(sample.ids.shape[0]))
-    snapshot = snapshot_weights(pruner)
+    snapshot = snapshot_weights(pruner, config)
     scores: list[float] = []
     try:
         for epsilon in config.epsilon_grid:
@@ -60,9 +55,9 @@ def search_epsilon(pruner: "AlphaPruner", config: AlphaPruningConfig, show_progr
             score = window_perplexity(pruner.model, sample.heldout)
             scores.append(score if math.isfinite(score) else math.inf)
             logger.info("epsilon=auto: ε %.3g -> held-out perplexity %.3f", epsilon, score)
-            restore_weights(pruner, snapshot)
+            restore_weights(pruner, config, snapshot)
     except BaseException:
-        restore_weights(pruner, snapshot)  # an interrupted sweep leaves the dense model, not a trial
+        restore_weights(pruner, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
         raise
     best = min(range(len(scores)), key=scores.__getitem__)
     chosen = config.epsilon_grid[best]
