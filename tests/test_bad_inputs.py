@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import TINY_POSITIONS, make_tiny_model
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
-from optimum_alpha.checkpoint import save as save_module
+from optimum_alpha.checkpoint import target as target_module
 from optimum_alpha.commands.cli import main
 from optimum_alpha.data import load_texts
 from optimum_alpha.errors import (
@@ -290,7 +290,7 @@ def test_unwritable_output_folder_simulated(pruned, tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr(save_module.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(target_module.os, "mkdir", denied)
     with pytest.raises(CheckpointError) as info:
         pruned.save_pretrained(tmp_path / "out")
     fragments_in(info.value, "cannot write next to", "Permission denied", "choose a writable folder")
