@@ -181,3 +181,272 @@ def test_sweep_spares_live_saves_and_other_names(tmp_path):
         folder.mkdir()
     save_pruned(make_tiny_model("llama", layers=1), target, format="dense")
     assert live.is_dir() and other.is_dir()
+
+
+# --- 3, 6, 11. the loader refuses broken checkpoints with one clear error ---------------------------
+
+
+def pruned_tiny(seed: int = 0) -> torch.nn.Module:
+    """A one-block Llama with 70 % of each block weight zeroed (so the sparse format compresses it)."""
+    model = make_tiny_model("llama", seed=seed, layers=1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and ".layers." in name:
+                param[param.abs() < param.abs().quantile(0.7)] = 0
+    return model
+
+
+def _rewrite_weights(folder: Path, change) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _drop_module(folder: Path) -> None:
+    def change(tensors):
+        for key in [k for k in tensors if k.startswith("model.layers.0.self_attn.k_proj.")]:
+            del tensors[key]
+
+    _rewrite_weights(folder, change)
+
+
+def _one_value_too_many(folder: Path) -> None:
+    def change(tensors):
+        key = "model.layers.0.self_attn.k_proj.compressed"
+        tensors[key] = torch.cat([tensors[key], tensors[key][:1]])
+
+    _rewrite_weights(folder, change)
+
+
+def _edit_json(name: str, change):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+
+    return edit
+
+
+def _shard_outside(where: str):
+    def edit(folder: Path) -> None:
+        outside = folder.parent / "outside.safetensors"
+        os.replace(folder / "model.safetensors", outside)
+        target = str(outside) if where == "absolute" else "../outside.safetensors"
+        weight_map = {key: target for key in load_file(str(outside))}
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    return edit
+
+
+def _truncate(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+CORRUPTIONS = {
+    "missing-module": (_drop_module, "lists module model.layers.0.self_attn.k_proj but its files lack"),
+    "popcount-mismatch": (_one_value_too_many, "bitmask marks"),
+    "index-parent-dir": (_shard_outside("relative"), "outside the checkpoint folder"),
+    "index-absolute": (_shard_outside("absolute"), "outside the checkpoint folder"),
+    "weight-map-not-a-dict": (
+        lambda f: (_shard_outside("relative")(f), _edit_json("model.safetensors.index.json",
+                                                              lambda d: d.update(weight_map=[]))(f)),
+        "no valid 'weight_map'",
+    ),
+    "quantization-config-string": (
+        _edit_json("config.json", lambda d: d.update(quantization_config="alpha_sparse")),
+        "malformed quantization_config",
+    ),
+    "compressed-modules-number": (
+        _edit_json("config.json", lambda d: d["quantization_config"].update(compressed_modules=5)),
+        "compressed_modules must be a list",
+    ),
+    "unknown-sparse-format": (
+        _edit_json("config.json", lambda d: d["quantization_config"].update(format="bogus")),
+        "is not 'sparse-bitmask'",
+    ),
+    "no-model-type": (_edit_json("config.json", lambda d: d.pop("model_type")), "has no 'model_type'"),
+    "truncated-weights": (_truncate, "truncated or not a safetensors file"),
+    "config-not-json": (lambda f: (f / "config.json").write_text("{"), "cannot be read as JSON"),
+}
+
+
+@pytest.fixture(scope="module")
+def sparse_folder(tmp_path_factory) -> Path:
+    return save_pruned(pruned_tiny(), tmp_path_factory.mktemp("ckpt") / "sparse")
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_checkpoints_are_refused_by_load_pruned_and_the_cli(case, sparse_folder, tmp_path, capsys):
+    import shutil
+
+    from optimum_alpha import load_pruned
+    from optimum_alpha.commands.cli import main
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(sparse_folder, folder)
+    corrupt, message = CORRUPTIONS[case]
+    corrupt(folder)
+    with pytest.raises(CheckpointError, match=message):
+        load_pruned(folder)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(folder), "--max-windows", "1", "--seqlen", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: ") and message.split("'")[0] in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize("case", ["missing-module", "popcount-mismatch"])
+def test_plain_from_pretrained_refuses_a_sparse_checkpoint_with_an_unrestored_module(case, sparse_folder, tmp_path):
+    """Without load_pruned's checks, the plug-in itself verifies that every listed module was rebuilt."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    import optimum_alpha  # noqa: F401  (registers the plug-in)
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(sparse_folder, folder)
+    CORRUPTIONS[case][0](folder)
+    cause = "no model weight matches" if case == "missing-module" else r"bitmask marks \d+ kept values but \d+"
+    with pytest.raises(CheckpointError, match=f"model.layers.0.self_attn.k_proj was not restored .{cause}"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+# --- 8. typed config values: one clear error, through the API and the CLI ------------------------
+
+BAD_CONFIG_VALUES = [
+    ("sparsity", "0.5", "sparsity must be a number (float), got the string '0.5'; write 0.5 without quotes"),
+    ("sparsity", None, "sparsity must be a number (float), got None"),
+    ("sparsity", True, "sparsity must be a number (float), got True (bool)"),
+    ("epsilon", float("inf"), "epsilon must be a finite number"),
+    ("percdamp", float("inf"), "percdamp must be a finite number, got inf"),
+    ("percdamp", float("nan"), "percdamp must be a finite number, got nan"),
+    ("nsamples", None, "nsamples must be a whole number (int), got None"),
+    ("nsamples", float("nan"), "nsamples must be a finite number, got nan"),
+    ("nsamples", float("inf"), "nsamples must be a finite number, got inf"),
+    ("nsamples", "64", "nsamples must be a whole number (int), got the string '64'"),
+    ("seqlen", 2.5, "seqlen must be a whole number (int), got 2.5"),
+    ("seed", None, "seed must be a whole number (int), got None"),
+    ("seed", float("nan"), "seed must be a finite number, got nan"),
+    ("blocksize", [128], "blocksize must be a whole number (int), got [128] (list)"),
+    ("method", 3, "method must be a string, got 3 (int)"),
+    ("nm", 24, "nm must be a string, got 24 (int)"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_CONFIG_VALUES, ids=[f"{f}={v!r}" for f, v, _ in BAD_CONFIG_VALUES])
+def test_wrongly_typed_config_values_are_refused_by_type(field, value, message):
+    from optimum_alpha import AlphaPruningConfig
+    from optimum_alpha.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        AlphaPruningConfig(**{field: value})
+    assert message in str(info.value)
+
+
+def test_config_types_come_from_the_declarations_so_new_fields_are_covered():
+    """A field added to the dataclass is checked by its annotation with no other code (here: a subclass)."""
+    from dataclasses import dataclass
+
+    from optimum_alpha import AlphaPruningConfig
+    from optimum_alpha.errors import ConfigError
+
+    @dataclass
+    class Extended(AlphaPruningConfig):
+        flag: bool = False
+        ratio: float | None = None
+
+    assert Extended(ratio=1).ratio == 1.0 and isinstance(Extended(ratio=1).ratio, float)
+    assert AlphaPruningConfig(nsamples=64.0).nsamples == 64 and AlphaPruningConfig(seqlen=None).seqlen is None
+    with pytest.raises(ConfigError, match="flag must be true or false"):
+        Extended(flag="yes")
+    with pytest.raises(ConfigError, match="ratio must be a finite number"):
+        Extended(ratio=float("-inf"))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """The CLI's main() in-process: its exit code and the stderr lines."""
+    from optimum_alpha.commands.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+CONFIG_FILES = {
+    "sparsity-string": ('{"sparsity": "0.5"}', "sparsity must be a number (float), got the string '0.5'"),
+    "seed-null": ('{"seed": null}', "seed must be a whole number (int), got None"),
+    "seqlen-float": ('{"seqlen": 2.5}', "seqlen must be a whole number (int), got 2.5"),
+    "nan": ('{"epsilon": NaN}', "epsilon must be a finite number, got nan"),
+    "top-level-list": ("[0.5]", "must hold a JSON object"),
+    "not-utf8": (b"\xff\xfe{", "is not valid UTF-8 JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_FILES))
+def test_bad_config_files_end_as_one_error_line_with_exit_code_2(case, tmp_path, capsys):
+    content, message = CONFIG_FILES[case]
+    config = tmp_path / "config.json"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, err = run_cli(["prune", "model-never-loaded", "--config", str(config), "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+# --- 9. malformed calibration files ----------------------------------------------------------------
+
+
+def _parquet(rows: dict) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(rows), buffer)
+    return buffer.getvalue()
+
+
+CALIBRATION_FILES = {
+    "non-utf8.txt": (b"caf\xe9 " * 10, "is not UTF-8 text"),
+    "null.json": (b"null", "holds a JSON NoneType"),
+    "number.json": (b"42", "holds a JSON int"),
+    "string.json": (b'"just a string"', "holds a JSON str"),
+    "text-number.json": (b'[{"text": 5}]', "row 1 of"),
+    "no-text.jsonl": (b'{"body": "x"}\n', "has no 'text' field"),
+    "number-row.jsonl": (b'{"text": "fine"}\n7\n', "row 2 of"),
+    "broken.jsonl": (b'{"text": \n', "is not valid JSON"),
+    "corrupt.parquet": (b"PAR1 this is not parquet PAR1", "is not a readable parquet file"),
+    "no-text.parquet": (None, "has no 'text' column"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATION_FILES))
+def test_malformed_calibration_files_are_one_clear_error(name, tmp_path, capsys):
+    from optimum_alpha.data import load_texts
+    from optimum_alpha.errors import CalibrationDataError
+
+    content, message = CALIBRATION_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(_parquet({"body": ["x"]}) if content is None else content)
+    with pytest.raises(CalibrationDataError, match=message):
+        load_texts(path)
+    code, err = run_cli(["prune", "model-never-loaded", "--calibration", str(path), "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0], err
+
+
+def test_a_json_file_holding_one_text_object_is_one_row(tmp_path):
+    from optimum_alpha.data import load_texts
+
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"text": "one whole document"}))
+    assert load_texts(path) == ["one whole document"]

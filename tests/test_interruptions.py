@@ -124,8 +124,8 @@ def test_save_interrupted_at_every_write_leaves_old_folder_or_nothing(pruned, fa
     reset(target, existing)
     before = tree(tmp_path)
 
-    def save():
-        pruned.save_pretrained(target, format=fmt, overwrite=True)
+    def save():  # the old folder is not one of ours: "force" replaces its config.json and keeps weights.bin
+        pruned.save_pretrained(target, format=fmt, overwrite="force")
 
     writes = faults(save, None)  # a clean run lists the write points (and must succeed)
     assert {"config.json", "tokenizer.json", "alpha_profile.png", "README.md"} <= set(tree(target))

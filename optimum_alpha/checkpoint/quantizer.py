@@ -18,6 +18,7 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..errors import CheckpointError
 from . import bitmask
 
 QUANT_METHOD = "alpha_sparse"
@@ -56,8 +57,11 @@ class AlphaSparseConfig(QuantizationConfigMixin):
         self.version = version
         # Always decompress on load: transformers then removes the quantization config afterwards.
         self.dequantize = True
-        if self.format != FORMAT:
-            raise ValueError(f"alpha_sparse only knows the {FORMAT!r} format, got {self.format!r}")
+        from .verify import check_alpha_sparse_config
+
+        check_alpha_sparse_config(
+            {"format": format, "compressed_modules": compressed_modules or [], "sentinel": sentinel}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -95,8 +99,21 @@ class AlphaSparseDecompress(ConversionOps):
                 target_dtype = model.get_parameter(full_layer_name).dtype
             except AttributeError:
                 target_dtype = None
-        dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
+        try:
+            dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
+        except ValueError as error:
+            # transformers would only log a failed conversion and end with a generic RuntimeError: leave
+            # the weight unloaded instead and let _check_every_module_restored raise with this cause.
+            self.hf_quantizer.failures[str(full_layer_name)] = str(error)
+            return {}
+        self.hf_quantizer.restored.add(str(full_layer_name))
         return {full_layer_name: dense}
+
+
+def _same_module(checkpoint_name: str, model_name: str) -> bool:
+    """Names may differ by a prefix (the base model class loaded from a ``*ForCausalLM`` checkpoint)."""
+    a, b = sorted((checkpoint_name, model_name), key=len)
+    return a == b or b.endswith("." + a)
 
 
 def _is_ours(conversion: Any) -> bool:
@@ -108,6 +125,16 @@ class AlphaSparseHfQuantizer(HfQuantizer):
 
     requires_calibration = True  # a dense model cannot be "quantized" to alpha_sparse on load
     serialized_names = {".weight": list(_SOURCE_PATTERNS.values())}
+
+    def __init__(self, quantization_config: Any, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.restored: set[str] = set()  # parameter names rebuilt from their bitmask tensors
+        self.failures: dict[str, str] = {}  # parameter name -> why its tensors could not be decompressed
+
+    def __deepcopy__(self, memo: dict) -> "AlphaSparseHfQuantizer":
+        # transformers deep-copies the load operations of every layer, and with them this quantizer; all
+        # copies must record into the one instance that checks the load at the end.
+        return self
 
     def get_load_operations(self) -> dict:
         return {"deserialize": AlphaSparseDecompress, "dequantize": AlphaSparseDecompress}
@@ -122,7 +149,22 @@ class AlphaSparseHfQuantizer(HfQuantizer):
             conversions = getattr(module, "_weight_conversions", None)
             if conversions:
                 module._weight_conversions = [c for c in conversions if not _is_ours(c)]
+        self._check_every_module_restored()
         return model
+
+    def _check_every_module_restored(self) -> None:
+        """A listed module that was not decompressed would keep its random initialisation: refuse the model."""
+        restored = {name.removesuffix(".weight") for name in self.restored}
+        failures = {name.removesuffix(".weight"): why for name, why in self.failures.items()}
+        for module in self.quantization_config.compressed_modules:
+            if any(_same_module(module, name) for name in restored):
+                continue
+            cause = next((why for name, why in failures.items() if _same_module(module, name)), None)
+            raise CheckpointError(
+                f"sparse checkpoint module {module} was not restored "
+                f"({cause or 'no model weight matches its tensors'}); the checkpoint is corrupt or does not "
+                "match the model class, save it again with optimum_alpha.save_pruned"
+            )
 
     def is_serializable(self) -> bool:
         return True
