@@ -450,3 +450,27 @@ def test_a_json_file_holding_one_text_object_is_one_row(tmp_path):
     path = tmp_path / "one.json"
     path.write_text(json.dumps({"text": "one whole document"}))
     assert load_texts(path) == ["one whole document"]
+
+
+# --- 7. published files carry names, never local paths ---------------------------------------------
+
+
+def test_no_local_path_reaches_the_saved_files(tmp_path, tiny_tokenizer):
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+    from optimum_alpha.data import load_texts
+
+    private = tmp_path / "home-of-alice"
+    source = private / "my-model"
+    make_tiny_model("llama", layers=1).save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    calibration = private / "notes.jsonl"
+    calibration.write_text("".join(json.dumps({"text": row}) + "\n" for row in load_texts("c4")[:60]))
+    pruner = AlphaPruner.from_pretrained(str(source), show_progress=False)
+    pruner.prune(AlphaPruningConfig(method="wanda", calibration_dataset=str(calibration), nsamples=2, seqlen=32),
+                 show_progress=False)
+    folder = pruner.save_pretrained(tmp_path / "out")
+    for path in folder.iterdir():
+        assert b"home-of-alice" not in path.read_bytes(), path.name
+    data = json.loads((folder / "alpha_pruning.json").read_text())
+    assert data["base_model"] == "my-model" and data["calibration"]["dataset"] == "notes.jsonl"
+    assert data["config"]["calibration_dataset"] == "notes.jsonl"

@@ -163,6 +163,26 @@ def layer_sparsities(model: nn.Module) -> dict[str, float]:
     return {name: zeros / max(numel, 1) for name, (zeros, numel) in _zero_counts(model).items()}
 
 
+def public_name(value: str) -> str:
+    """A local path as it may be published: its last component (``/home/me/data/c4.jsonl`` -> ``c4.jsonl``).
+
+    Model ids, dataset names and other strings are returned as they are.
+    """
+    path = Path(value).expanduser()
+    if value.startswith(("/", "~", ".", "\\")) or path.is_absolute() or (value and path.exists()):
+        return path.name or "local"
+    return value
+
+
+def _without_local_paths(data: Any) -> Any:
+    """``data`` with every string value that is a local path replaced by :func:`public_name`."""
+    if isinstance(data, dict):
+        return {key: _without_local_paths(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_without_local_paths(value) for value in data]
+    return public_name(data) if isinstance(data, str) else data
+
+
 def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
     data = json.loads(json.dumps(metadata)) if metadata else {}  # a deep copy we may extend
     counts = _zero_counts(model)
@@ -175,7 +195,7 @@ def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: s
         data["base_model"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     data["library_version"] = library_version()
     data["format"] = fmt
-    return data
+    return _without_local_paths(data)  # published with the checkpoint (and pushed): no local paths
 
 
 def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
