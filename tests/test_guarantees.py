@@ -474,3 +474,53 @@ def test_no_local_path_reaches_the_saved_files(tmp_path, tiny_tokenizer):
     data = json.loads((folder / "alpha_pruning.json").read_text())
     assert data["base_model"] == "my-model" and data["calibration"]["dataset"] == "notes.jsonl"
     assert data["config"]["calibration_dataset"] == "notes.jsonl"
+
+
+# --- 10. save options are checked before pruning ---------------------------------------------------
+
+
+@pytest.mark.parametrize("save_kwargs,message", [
+    ({"format": "bogus"}, "unknown checkpoint format 'bogus'"),
+    ({"max_shard_size": "abc"}, "invalid max_shard_size 'abc'"),
+    ({"max_shard_size": -5}, "invalid max_shard_size -5"),
+    ({"max_shard_size": 1.5}, "max_shard_size must be a number of bytes"),
+    ({"overwrite": "sure"}, "overwrite must be False, True or 'force'"),
+])
+def test_quantize_refuses_bad_save_options_before_pruning(save_kwargs, message, tmp_path):
+    from optimum_alpha import AlphaPruner
+
+    model = make_tiny_model("llama", layers=1)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    pruner = AlphaPruner.from_pretrained(model, show_progress=False)
+    with pytest.raises(CheckpointError, match=message):
+        pruner.quantize(tmp_path / "out", method="magnitude", **save_kwargs)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # not pruned
+    assert pruner.last_report is None and os.listdir(tmp_path) == []
+
+
+def test_cli_refuses_a_bad_max_shard_size_before_loading(tmp_path, capsys):
+    code, err = run_cli(["prune", "model-never-loaded", "--max-shard-size", "abc", "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and "invalid max_shard_size 'abc'" in err[0]
+
+
+def test_cli_turns_a_bad_device_map_into_one_line(sparse_folder, capsys):
+    code, err = run_cli(["eval", str(sparse_folder), "--device-map", "foo", "--max-windows", "1"], capsys)
+    assert code == 2 and err[-1].startswith("error: Could not load model") and "foo" in err[-1], err
+
+
+@pytest.mark.parametrize("failure", ["connect", "timeout", "oserror"])
+def test_network_failures_during_push_are_one_clear_error(failure, sparse_folder):
+    import requests
+
+    from optimum_alpha.checkpoint import push_folder_to_hub
+
+    error = {"connect": requests.ConnectionError("connection refused"), "timeout": requests.ReadTimeout("timed out"),
+             "oserror": ConnectionResetError(104, "Connection reset by peer")}[failure]
+
+    class Unreachable:
+        def create_repo(self, *args, **kwargs):
+            raise error
+
+    with pytest.raises(CheckpointError, match="the Hub could not be reached"):
+        push_folder_to_hub(sparse_folder, "me/model", api=Unreachable())
