@@ -9,8 +9,11 @@ Python lets only the main thread install signal handlers; elsewhere both helpers
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -25,16 +28,21 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Make SIGTERM raise ``KeyboardInterrupt`` inside the block (only where SIGTERM has its default action)."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+def _replaced_handler(signum: int, expected: Any, handler: Any, active: bool = True) -> Iterator[None]:
+    """``handler`` for ``signum`` inside the block, only where the current handler is ``expected``."""
+    if not active or not _in_main_thread() or signal.getsignal(signum) is not expected:
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signum, expected)
+
+
+def sigterm_as_interrupt() -> contextlib.AbstractContextManager:
+    """Make SIGTERM raise ``KeyboardInterrupt`` inside the block (only where SIGTERM has its default action)."""
+    return _replaced_handler(signal.SIGTERM, signal.SIG_DFL, _raise_interrupt)
 
 
 def _deliver(signum: int, handler: Any, frame: Any) -> None:
@@ -74,3 +82,29 @@ def hold_interrupts(deliver: bool = True) -> Iterator[list[int]]:
     if held and deliver:
         signum, frame = held[0]
         _deliver(signum, previous[signum], frame)
+
+
+COMMAND_NAMES = ("optimum-alpha", "optimum-cli")
+INTERRUPTED_EXIT_CODE = 130
+
+
+def is_command_line() -> bool:
+    """True inside one of our command-line programs (the console scripts or ``python -m ...commands.cli``)."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return Path(program).name in COMMAND_NAMES or program.replace("\\", "/").endswith("optimum_alpha/commands/cli.py")
+
+
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    sys.stderr.write("error: interrupted\n")
+    sys.stderr.flush()
+    os._exit(INTERRUPTED_EXIT_CODE)  # nothing is written yet: no clean-up to run
+
+
+def exit_on_interrupt_while_starting() -> contextlib.AbstractContextManager:
+    """In a command-line program, a Ctrl-C during the block ends it at once with exit code 130.
+
+    For the seconds ``import optimum_alpha`` spends importing torch and transformers: a
+    ``KeyboardInterrupt`` raised inside a third-party import can surface as another error (numpy's lazy
+    attributes turn it into a ``RecursionError``), so the process exits from the signal handler itself.
+    """
+    return _replaced_handler(signal.SIGINT, signal.default_int_handler, _exit_interrupted, active=is_command_line())

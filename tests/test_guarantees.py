@@ -524,3 +524,197 @@ def test_network_failures_during_push_are_one_clear_error(failure, sparse_folder
 
     with pytest.raises(CheckpointError, match="the Hub could not be reached"):
         push_folder_to_hub(sparse_folder, "me/model", api=Unreachable())
+
+
+# --- 12. mount points, disk space, a full disk ------------------------------------------------------
+
+
+def safetensors_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors*"))
+
+
+def test_sparse_save_never_holds_more_than_the_final_folder(tmp_path, monkeypatch):
+    """Sharded: the staging folder's weight files never exceed the final ones (no dense copy on disk)."""
+    import transformers.modeling_utils
+
+    from optimum_alpha.checkpoint import sparse_files
+
+    peak = [0]
+    for module, attr in ((transformers.modeling_utils, "safe_save_file"), (sparse_files, "save_file")):
+        def measured(tensors, filename, *args, _original=getattr(module, attr), **kwargs):
+            result = _original(tensors, filename, *args, **kwargs)
+            peak[0] = max(peak[0], safetensors_bytes(Path(filename).parent))
+            return result
+
+        monkeypatch.setattr(module, attr, measured)
+    model = pruned_tiny()
+    folder = save_pruned(model, tmp_path / "out", max_shard_size="40KB")
+    assert len(list(folder.glob("*.safetensors"))) >= 3
+    assert 0 < peak[0] <= safetensors_bytes(folder)
+    from optimum_alpha import load_pruned
+
+    loaded = load_pruned(folder)
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("error", ["enospc", "safetensors"])
+def test_a_full_disk_is_one_clear_error_and_changes_nothing(error, tmp_path, monkeypatch):
+    import errno
+
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    target = save_pruned(pruned_tiny(1), tmp_path / "out", format="dense")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def full(*args, **kwargs):
+        if error == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    with pytest.raises(CheckpointError, match="saving to .* failed: .*(No space left|StorageFull).*nothing was changed"):
+        save_pruned(pruned_tiny(2), target, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before and leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def mount_point(tmp_path, monkeypatch):
+    """An empty folder that behaves like a volume root: renaming it, or onto it, fails with EBUSY."""
+    import errno
+
+    target = tmp_path / "volume"
+    target.mkdir()
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if target in (Path(src), Path(dst)):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(target))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(target_module.os, "rename", rename)
+    monkeypatch.setattr(target_module, "is_mount_point", lambda folder: folder == target)
+    return target
+
+
+def test_saving_into_a_mount_point_and_overwriting_it(mount_point, tmp_path):
+    save_pruned(pruned_tiny(1), mount_point)
+    assert (mount_point / "config.json").is_file() and leftovers(tmp_path) == []
+    assert sorted(json.loads((mount_point / "alpha_pruning.json").read_text())["files"]) == sorted(
+        os.listdir(mount_point))  # no lock or staging folder left inside
+    (mount_point / "notes.txt").write_text("mine")
+    save_pruned(pruned_tiny(2), mount_point, overwrite=True, format="dense")
+    assert (mount_point / "notes.txt").read_text() == "mine" and same_as_seed_pruned(mount_point, 2)
+    assert not any(name.endswith(".safetensors.index.json") or ".tmp-" in name for name in os.listdir(mount_point))
+
+
+def same_as_seed_pruned(folder: Path, seed: int) -> bool:
+    expected = pruned_tiny(seed).state_dict()
+    return all(torch.equal(tensor, expected[key]) for key, tensor in weights_of(folder).items())
+
+
+def test_a_second_save_into_a_mount_point_being_written_is_refused(mount_point):
+    (mount_point / target_module.LOCK_FILE).write_text(f"{os.getpid()} {target_module._host()}\n")
+    with pytest.raises(CheckpointError, match="another save is writing into"):
+        save_pruned(pruned_tiny(), mount_point)
+
+
+# --- 13. interrupts: after the swap, and during start-up ----------------------------------------------
+
+
+@pytest.fixture
+def default_sigint():
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, outer)
+
+
+def test_ctrl_c_while_the_old_folder_is_deleted_does_not_fail_the_finished_save(tmp_path, monkeypatch,
+                                                                               default_sigint):
+    target = save_pruned(pruned_tiny(1), tmp_path / "out", format="dense")
+    real_rmtree = target_module.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if ".old-" in str(path):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(target_module.shutil, "rmtree", rmtree)
+    assert save_pruned(pruned_tiny(2), target, overwrite=True, format="dense") == target
+    assert same_as_seed_pruned(target, 2) and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_during_cli_start_up_exits_130_without_a_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    script = Path(sys.executable).parent / "optimum-alpha"
+    process = subprocess.Popen(  # Python's own Ctrl-C handler, even when the tests run with SIGINT ignored
+        [str(script), "eval", str(tmp_path / "no-model")], stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(0.8)  # inside `import optimum_alpha` (torch, transformers: seconds)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-3000:]
+    assert "Traceback" not in err
+
+
+# --- 14. file modes and negative zeros ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_saved_files_follow_the_umask(umask, tmp_path):
+    old = os.umask(umask)
+    try:
+        folder = save_pruned(pruned_tiny(), tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (folder.stat().st_mode & 0o777) == 0o777 & ~umask
+    assert {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()} == {
+        path.name: 0o666 & ~umask for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_negative_zero_and_nan_survive_the_sparse_format_bit_for_bit(dtype, tmp_path):
+    from optimum_alpha import load_pruned
+    from optimum_alpha.checkpoint import bitmask
+
+    model = pruned_tiny().to(dtype)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        weight[0, :5] = torch.tensor([-0.0, 0.0, -0.0, float("nan"), 1.0], dtype=dtype)
+
+    def bits(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(torch.int16 if tensor.element_size() == 2 else torch.int32)
+
+    parts = bitmask.compress(weight.detach())
+    assert torch.equal(bits(bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"])), bits(weight))
+    loaded = load_pruned(save_pruned(model, tmp_path / "out"), dtype=dtype)
+    for key, value in model.state_dict().items():
+        assert torch.equal(bits(loaded.state_dict()[key]), bits(value)), key
+
+
+def test_sigterm_is_held_like_ctrl_c_while_a_block_is_written(default_sigint):
+    """The pruning loop writes each block inside hold_interrupts: a SIGTERM there lands after the block."""
+    from optimum_alpha.interrupts import hold_interrupts, sigterm_as_interrupt
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            with hold_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the signal is delivered to the holding handler meanwhile
+                finished.append("block written")
+    assert finished == ["block written"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_overwriting_a_checkpoint_saved_before_the_manifest_removes_only_checkpoint_files(tmp_path):
+    target = save_pruned(make_tiny_model("llama", seed=1, layers=1), tmp_path / "out", format="dense")
+    metadata = json.loads((target / "alpha_pruning.json").read_text())
+    del metadata["files"]  # as written by optimum-alpha 0.1
+    (target / "alpha_pruning.json").write_text(json.dumps(metadata))
+    (target / "model-00002-of-00002.safetensors").write_bytes(b"stale shard")
+    (target / "notes.txt").write_text("mine")
+    save_pruned(make_tiny_model("llama", seed=2, layers=1), target, overwrite=True, format="dense")
+    assert (target / "notes.txt").read_text() == "mine" and not (target / "model-00002-of-00002.safetensors").exists()
+    assert same_as_seed(target, 2)

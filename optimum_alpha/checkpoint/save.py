@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..interrupts import sigterm_as_interrupt
 from .model_card import build_model_card
-from .sparse_files import compress_folder, write_quantization_config
+from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
 from .target import (
     MANIFEST_KEY,
     METADATA_FILE,
@@ -224,14 +224,17 @@ def _write_folder(
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    with _without_gguf_state(model):
-        model.save_pretrained(folder, max_shard_size=max_shard_size)
     if fmt == "sparse":
-        compressed = compress_folder(folder, prunable_weight_keys(model))
+        with _without_gguf_state(model), compress_while_saving(folder, prunable_weight_keys(model)) as compressor:
+            model.save_pretrained(folder, max_shard_size=max_shard_size)
+        compressed = compress_folder(folder, compressor)
         if compressed:
             sparsity = data.get("achieved_sparsity")
             write_quantization_config(folder, compressed, sparsity, data["library_version"])
         data["compressed_modules"] = len(compressed)
+    else:
+        with _without_gguf_state(model):
+            model.save_pretrained(folder, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     chart = _write_chart(folder, data)

@@ -1,16 +1,21 @@
-"""Turn a dense safetensors folder written by ``save_pretrained`` into the ``alpha_sparse`` layout.
+"""Write the ``alpha_sparse`` layout through ``save_pretrained``: each shard is compressed as it is written.
 
-Working on the written shards (rather than on the model) keeps everything transformers does when it
-saves: tied-weight de-duplication, key renaming, sharding and the index file. Each shard is rewritten
-in place with its pruned Linear weights replaced by their bitmask tensors, one shard in memory at a time.
+Going through transformers' own ``save_pretrained`` keeps everything it does when it saves: tied-weight
+de-duplication, key renaming, sharding and the index file. While :func:`compress_while_saving` is
+active, every shard that ``save_pretrained`` writes into the staging folder has its pruned Linear
+weights replaced by their bitmask tensors in memory before the file is written, so the disk never
+holds a dense copy (the save needs the final folder's space only). Shards written some other way are
+rewritten in place afterwards by :func:`compress_folder`, one shard in memory at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -44,34 +49,94 @@ def _sentinel_tensor() -> torch.Tensor:
     return torch.tensor(list(SENTINEL_MESSAGE.encode("ascii")), dtype=torch.uint8)
 
 
-def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
-    """Rewrite the shards of ``folder`` so every candidate weight that shrinks is stored as a bitmask.
+class ShardCompressor:
+    """Replaces the candidate weights of each shard by their bitmask tensors; remembers what it wrote."""
 
-    ``candidates`` are checkpoint keys (``<module>.weight``) that may be compressed. Returns the
-    compressed module prefixes in file order. The first one also keeps a marker under its dense key
-    (see :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
+    def __init__(self, candidates: Iterable[str]) -> None:
+        self.wanted = set(candidates)
+        self.compressed: list[str] = []  # module prefixes, in file order
+        self.written: dict[str, list[str]] = {}  # shard file name -> the keys it holds
+        self.nbytes: dict[str, int] = {}  # shard file name -> bytes of its tensors
+
+    def compress(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors of one shard with every candidate that shrinks stored as a bitmask.
+
+        The first compressed module also keeps a marker under its dense key (see
+        :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
+        """
+        out: dict[str, torch.Tensor] = {}
+        for key, value in tensors.items():
+            mask = bitmask.kept_mask(value) if key in self.wanted and value.dim() == 2 else None
+            if mask is not None and bitmask.worth_compressing(value, mask):
+                prefix = bitmask.module_prefix(key)
+                for suffix, part in bitmask.compress(value, mask).items():
+                    out[f"{prefix}.{suffix}"] = part
+                if not self.compressed:
+                    out[key] = _sentinel_tensor()
+                self.compressed.append(prefix)
+            else:
+                out[key] = value
+        return out
+
+
+_ACTIVE: dict[Path, ShardCompressor] = {}
+_ACTIVE_LOCK = threading.Lock()
+_ORIGINAL_WRITER: list[Any] = []
+
+
+def _dispatching_writer(original: Any) -> Any:
+    def write(tensors: dict[str, torch.Tensor], filename: str, *args: Any, **kwargs: Any) -> Any:
+        path = Path(filename)
+        compressor = _ACTIVE.get(path.parent)
+        if compressor is not None:
+            tensors = compressor.compress(tensors)
+            compressor.written[path.name] = list(tensors)
+            compressor.nbytes[path.name] = sum(t.numel() * t.element_size() for t in tensors.values())
+        return original(tensors, filename, *args, **kwargs)
+
+    return write
+
+
+@contextlib.contextmanager
+def compress_while_saving(folder: Path, candidates: Iterable[str]) -> Iterator[ShardCompressor]:
+    """While active, shards that ``save_pretrained`` writes into ``folder`` are compressed before writing.
+
+    Hooks the one function transformers writes shards with (``modeling_utils.safe_save_file``); other
+    folders pass through untouched, and nested or concurrent saves share one hook.
     """
-    wanted = set(candidates)
+    from transformers import modeling_utils
+
+    compressor = ShardCompressor(candidates)
+    with _ACTIVE_LOCK:
+        if not _ACTIVE:
+            _ORIGINAL_WRITER.append(modeling_utils.safe_save_file)
+            modeling_utils.safe_save_file = _dispatching_writer(modeling_utils.safe_save_file)
+        _ACTIVE[folder] = compressor
+    try:
+        yield compressor
+    finally:
+        with _ACTIVE_LOCK:
+            del _ACTIVE[folder]
+            if not _ACTIVE:
+                modeling_utils.safe_save_file = _ORIGINAL_WRITER.pop()
+
+
+def compress_folder(folder: Path, compressor: ShardCompressor) -> list[str]:
+    """Compress the shards of ``folder`` the hook did not see, then make the index match the files.
+
+    Returns the compressed module prefixes in file order.
+    """
     shard_paths, index = _shards(folder)
-    compressed: list[str] = []
     new_weight_map: dict[str, str] = {}
     total_size = 0
     for shard in shard_paths:
+        if shard.name in compressor.written:
+            new_weight_map.update({key: shard.name for key in compressor.written[shard.name]})
+            total_size += compressor.nbytes[shard.name]
+            continue
         with safe_open(str(shard), framework="pt") as handle:
             file_metadata = handle.metadata()
-            tensors: dict[str, torch.Tensor] = {}
-            for key in handle.keys():
-                value = handle.get_tensor(key)
-                mask = value != 0 if key in wanted and value.dim() == 2 else None
-                if mask is not None and bitmask.worth_compressing(value, mask):
-                    prefix = bitmask.module_prefix(key)
-                    for suffix, part in bitmask.compress(value, mask).items():
-                        tensors[f"{prefix}.{suffix}"] = part
-                    if not compressed:
-                        tensors[key] = _sentinel_tensor()
-                    compressed.append(prefix)
-                else:
-                    tensors[key] = value
+            tensors = compressor.compress({key: handle.get_tensor(key) for key in handle.keys()})
         # Write beside and swap, so tensors still backed by the old file stay valid until replaced.
         partial = shard.with_name(shard.name + ".partial")
         save_file(tensors, str(partial), metadata=file_metadata)
@@ -83,7 +148,7 @@ def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
         index["metadata"] = {**index.get("metadata", {}), "total_size": total_size}
         index["weight_map"] = dict(sorted(new_weight_map.items()))
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return compressed
+    return compressor.compressed
 
 
 def write_quantization_config(

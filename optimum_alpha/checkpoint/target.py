@@ -17,6 +17,7 @@ save can tell the leftovers of a killed process from those of a save still runni
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -37,6 +38,11 @@ MANIFEST_KEY = "files"
 LOCK_FILE = ".optimum-alpha.lock"
 FORCE = "force"
 FORCE_HINT = "overwrite='force' (CLI: --force-overwrite)"
+V01_PATTERNS = (
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer*",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt",
+    METADATA_FILE, "alpha_profile.png", "README.md",
+)
 
 
 def _host() -> str:
@@ -81,7 +87,8 @@ def read_manifest(folder: Path) -> list[str] | None:
     files = data.get(MANIFEST_KEY)
     if isinstance(files, list) and all(isinstance(name, str) for name in files):
         return files
-    return []  # a v0.1 checkpoint of ours, from before the manifest: only same-name files are replaced
+    # A v0.1 checkpoint of ours, from before the manifest: the names such a save writes.
+    return [name for name in os.listdir(folder) if any(fnmatch.fnmatch(name, p) for p in V01_PATTERNS)]
 
 
 def _visible_entries(folder: Path) -> list[str]:
