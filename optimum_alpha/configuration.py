@@ -13,7 +13,8 @@ from typing import Any
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import METRICS
+from .esd import BLOCK_SCORES, METRICS
+from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -142,6 +143,13 @@ class AlphaPruningConfig:
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
+        ignore: weights inside the blocks to keep dense, as module-name patterns (``"re:.*self_attn.*"`` for a
+            regular expression matched from the start of the name, else an exact name or name suffix). Expert
+            matrices are named ``<experts module>.<expert>.{gate,up,down}_proj``. Routers are kept dense
+            unless ``prune_routers``; every other weight inside the blocks must be pruned or ignored.
+        prune_routers: prune MoE router weights like any matrix (default: keep them dense).
+        block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
+            matrix counts once) or ``weighted`` by parameter count.
     """
 
     sparsity: float = 0.5
@@ -161,6 +169,9 @@ class AlphaPruningConfig:
     owl_lambda: float = 0.08
     percdamp: float = 0.01
     blocksize: int = 128
+    ignore: list[str] | None = None
+    prune_routers: bool = False
+    block_score: str = "mean"
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -196,6 +207,17 @@ class AlphaPruningConfig:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+        if self.ignore is not None:
+            if isinstance(self.ignore, str):
+                self.ignore = [self.ignore]
+            self.ignore = list(self.ignore)
+            compile_patterns(self.ignore)
+        if self.block_score not in BLOCK_SCORES:
+            raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+
+    def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
+        """The config values a layer pruner declares in its ``options``."""
+        return {name: getattr(self, name) for name in option_names}
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

@@ -28,6 +28,8 @@ SENTINEL_MESSAGE = (
 )
 
 _SOURCE_PATTERNS = {suffix: rf"\.{suffix}" for suffix in bitmask.SUFFIXES}
+# A fused expert parameter ``<key>`` is stored as ``<key>.fused_<part>`` (see sparse_files.stored_keys).
+_FUSED_PATTERNS = {suffix: rf"\.fused_{suffix}" for suffix in bitmask.SUFFIXES}
 
 
 class AlphaSparseConfig(QuantizationConfigMixin):
@@ -70,7 +72,13 @@ class AlphaSparseConfig(QuantizationConfigMixin):
 
 
 class AlphaSparseDecompress(ConversionOps):
-    """Load operation: the four bitmask tensors of one module -> its dense weight."""
+    """Load operation: bitmask parts -> dense tensors.
+
+    It runs in three places: transformers' general converters for a module weight (``<module>.compressed``...
+    -> ``<module>.weight``) and for a fused expert parameter (``<key>.fused_compressed``... -> ``<key>``),
+    and first in a model's own converter that merges per-expert keys into a fused parameter
+    (``experts.*.w1.compressed``... -> the dense ``experts.*.w1.weight`` list the merge expects).
+    """
 
     def __init__(self, hf_quantizer: "AlphaSparseHfQuantizer") -> None:
         self.hf_quantizer = hf_quantizer  # its presence tells transformers not to cast the stored tensors
@@ -80,19 +88,9 @@ class AlphaSparseDecompress(ConversionOps):
         input_dict: dict[str, Any],
         model: torch.nn.Module | None = None,
         full_layer_name: str | None = None,
+        source_patterns: list[str] | None = None,
         **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        parts = {}
-        for suffix, pattern in _SOURCE_PATTERNS.items():
-            value = input_dict.get(pattern)
-            if value is None:
-                raise ValueError(
-                    f"alpha_sparse checkpoint is missing '{suffix}' for {full_layer_name}; the folder is "
-                    "incomplete, save it again with optimum_alpha.checkpoint.save_pruned"
-                )
-            parts[suffix] = value[0] if isinstance(value, list) else value
-        # transformers sorts checkpoint keys, so the marker `<module>.weight` (see sparse_files.py) comes
-        # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
+    ) -> dict[str, Any]:
         target_dtype = None
         if model is not None and full_layer_name is not None:
             try:
@@ -100,14 +98,55 @@ class AlphaSparseDecompress(ConversionOps):
             except AttributeError:
                 target_dtype = None
         try:
-            dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
+            for patterns in (_SOURCE_PATTERNS, _FUSED_PATTERNS):
+                if patterns["compressed"] in input_dict:
+                    parts = {suffix: _single(input_dict.get(pattern), suffix, full_layer_name)
+                             for suffix, pattern in patterns.items()}
+                    # transformers sorts checkpoint keys, so the marker `<module>.weight` (sparse_files.py) comes
+                    # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
+                    dense = bitmask.decompress(
+                        parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype
+                    )
+                    self.hf_quantizer.record_restored(str(full_layer_name), 1)
+                    return {full_layer_name: dense}
+            sources = source_patterns or list(input_dict)
+            output = _decompress_expert_lists(input_dict, sources)
         except ValueError as error:
             # transformers would only log a failed conversion and end with a generic RuntimeError: leave
             # the weight unloaded instead and let _check_every_module_restored raise with this cause.
             self.hf_quantizer.failures[str(full_layer_name)] = str(error)
             return {}
-        self.hf_quantizer.restored.add(str(full_layer_name))
-        return {full_layer_name: dense}
+        experts = sum(len(input_dict[p]) for p in sources if p.endswith(".compressed") and p in input_dict)
+        self.hf_quantizer.record_restored(str(full_layer_name), experts)
+        return output
+
+
+def _single(value: Any, suffix: str, name: str | None) -> torch.Tensor:
+    if value is None:
+        raise ValueError(
+            f"alpha_sparse checkpoint is missing '{suffix}' for {name}; the folder is incomplete, save it again "
+            "with optimum_alpha.checkpoint.save_pruned"
+        )
+    return value[0] if isinstance(value, list) else value
+
+
+def _decompress_expert_lists(input_dict: dict[str, Any], source_patterns: list[str]) -> dict[str, Any]:
+    """In a per-expert merge: ``{"experts.*.w1.compressed": [...], ...}`` -> ``{"experts.*.w1.weight": [dense...]}``
+    in the order of the model converter's sources (gate before up), lists kept in checkpoint order."""
+    output: dict[str, Any] = {}
+    for pattern in source_patterns:
+        base, _, suffix = pattern.rpartition(".")
+        weight_pattern = f"{base}.weight"
+        if suffix == "weight" and pattern in input_dict:
+            output[weight_pattern] = input_dict[pattern]
+        elif suffix == "compressed" and pattern in input_dict:
+            parts = {s: input_dict.get(f"{base}.{s}") for s in bitmask.SUFFIXES}
+            if any(v is None or len(v) != len(parts["compressed"]) for v in parts.values()):
+                raise ValueError(f"alpha_sparse checkpoint has incomplete bitmask parts for {weight_pattern}")
+            output[weight_pattern] = [
+                bitmask.decompress(c, b, s) for c, b, s in zip(parts["compressed"], parts["bitmask"], parts["shape"])
+            ]
+    return output
 
 
 def _same_module(checkpoint_name: str, model_name: str) -> bool:
@@ -124,12 +163,19 @@ class AlphaSparseHfQuantizer(HfQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
     requires_calibration = True  # a dense model cannot be "quantized" to alpha_sparse on load
-    serialized_names = {".weight": list(_SOURCE_PATTERNS.values())}
+    # Read by transformers' update_weight_conversions: a model converter that merges per-expert `.weight` keys
+    # also collects their bitmask parts and runs AlphaSparseDecompress first.
+    serialized_names = {"weight": ["weight", *bitmask.SUFFIXES]}
 
     def __init__(self, quantization_config: Any, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
         self.restored: set[str] = set()  # parameter names rebuilt from their bitmask tensors
+        self.restored_count = 0  # checkpoint modules rebuilt (a per-expert merge rebuilds several at once)
         self.failures: dict[str, str] = {}  # parameter name -> why its tensors could not be decompressed
+
+    def record_restored(self, parameter: str, modules: int) -> None:
+        self.restored.add(parameter.removesuffix(".weight"))
+        self.restored_count += modules
 
     def __deepcopy__(self, memo: dict) -> "AlphaSparseHfQuantizer":
         # transformers deep-copies the load operations of every layer, and with them this quantizer; all
@@ -138,6 +184,15 @@ class AlphaSparseHfQuantizer(HfQuantizer):
 
     def get_load_operations(self) -> dict:
         return {"deserialize": AlphaSparseDecompress, "dequantize": AlphaSparseDecompress}
+
+    def get_weight_conversions(self) -> list:
+        """Converters for what no model converter claims: module weights and fused expert parameters."""
+        from transformers.core_model_loading import WeightConverter
+
+        return [
+            WeightConverter(list(_SOURCE_PATTERNS.values()), ".weight", [AlphaSparseDecompress(self)]),
+            WeightConverter(list(_FUSED_PATTERNS.values()), "", [AlphaSparseDecompress(self)]),
+        ]
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return False
@@ -154,17 +209,20 @@ class AlphaSparseHfQuantizer(HfQuantizer):
 
     def _check_every_module_restored(self) -> None:
         """A listed module that was not decompressed would keep its random initialisation: refuse the model."""
-        restored = {name.removesuffix(".weight") for name in self.restored}
+        listed = self.quantization_config.compressed_modules
+        if self.restored_count >= len(listed) and not self.failures:
+            return
+        # Name the first listed module that no rebuilt parameter matches (per-expert modules, merged into
+        # fused parameters, have no name of their own after loading: they are only counted).
+        missing = next((m for m in listed if not any(_same_module(m, r) for r in self.restored)), None)
         failures = {name.removesuffix(".weight"): why for name, why in self.failures.items()}
-        for module in self.quantization_config.compressed_modules:
-            if any(_same_module(module, name) for name in restored):
-                continue
-            cause = next((why for name, why in failures.items() if _same_module(module, name)), None)
-            raise CheckpointError(
-                f"sparse checkpoint module {module} was not restored "
-                f"({cause or 'no model weight matches its tensors'}); the checkpoint is corrupt or does not "
-                "match the model class, save it again with optimum_alpha.save_pruned"
-            )
+        cause = next((why for name, why in failures.items() if missing and _same_module(missing, name)), None)
+        cause = cause or next(iter(failures.values()), None) or "no model weight matches its tensors"
+        what = f"module {missing}" if missing else f"{len(listed) - self.restored_count} of {len(listed)} modules"
+        raise CheckpointError(
+            f"sparse checkpoint {what} was not restored ({cause}); the checkpoint is corrupt or does not "
+            "match the model class, save it again with optimum_alpha.save_pruned"
+        )
 
     def is_serializable(self) -> bool:
         return True

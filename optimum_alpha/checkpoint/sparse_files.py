@@ -2,10 +2,11 @@
 
 Going through transformers' own ``save_pretrained`` keeps everything it does when it saves: tied-weight
 de-duplication, key renaming, sharding and the index file. While :func:`compress_while_saving` is
-active, every shard that ``save_pretrained`` writes into the staging folder has its pruned Linear
-weights replaced by their bitmask tensors in memory before the file is written, so the disk never
-holds a dense copy (the save needs the final folder's space only). Shards written some other way are
-rewritten in place afterwards by :func:`compress_folder`, one shard in memory at a time.
+active, every shard that ``save_pretrained`` writes into the staging folder has its sparse weights
+replaced by their bitmask tensors in memory before the file is written, so the disk never holds a dense
+copy. :func:`compress_folder` then rewrites, one shard at a time, only what the hook could not decide
+alone: shards written some other way, and members of a family (see :func:`family`) that were written
+dense before a later member showed the family compresses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -49,34 +51,82 @@ def _sentinel_tensor() -> torch.Tensor:
     return torch.tensor(list(SENTINEL_MESSAGE.encode("ascii")), dtype=torch.uint8)
 
 
-class ShardCompressor:
-    """Replaces the candidate weights of each shard by their bitmask tensors; remembers what it wrote."""
+FUSED_PREFIX = "fused_"
 
-    def __init__(self, candidates: Iterable[str]) -> None:
-        self.wanted = set(candidates)
-        self.compressed: list[str] = []  # module prefixes, in file order
+
+def family(key: str) -> str:
+    """``model.layers.3.mlp.experts.7.w1.weight`` -> ``model.layers.*.mlp.experts.*.w1.weight``.
+
+    transformers merges per-expert checkpoint keys into one fused parameter on load, collecting each
+    projection's experts as one list; every member of such a family must be stored the same way (all bitmask
+    or all dense), or the merged order would be lost. Whole families are therefore compressed or not.
+    """
+    return re.sub(r"\.\d+\.", ".*.", key)
+
+
+def stored_keys(key: str) -> dict[str, str]:
+    """Checkpoint keys of the four bitmask parts of ``key``: ``<module>.<part>`` for a ``.weight``,
+    ``<key>.fused_<part>`` for anything else (a 3-D fused expert parameter has no ``.weight`` to replace)."""
+    if key.endswith(".weight"):
+        prefix = bitmask.module_prefix(key)
+        return {suffix: f"{prefix}.{suffix}" for suffix in bitmask.SUFFIXES}
+    return {suffix: f"{key}.{FUSED_PREFIX}{suffix}" for suffix in bitmask.SUFFIXES}
+
+
+def _sentinel_key(key: str) -> bool:
+    """Where the no-plug-in marker may go: a plain module weight (at most a block index in its name, not a
+    per-expert key that a transformers converter merges into a fused parameter)."""
+    return key.endswith(".weight") and len(re.findall(r"\.\d+\.", key)) <= 1
+
+
+class ShardCompressor:
+    """Stores the sparse weights of each shard as bitmasks, whole families at a time, and remembers what
+    it wrote so that :func:`compress_folder` only has to fix what one shard could not decide."""
+
+    def __init__(self, candidates: Iterable[str] | None = None) -> None:
+        self.wanted = set(candidates) if candidates is not None else None
+        self.families: set[str] = set()  # families with a member that the layout shrinks
+        self.compressed: list[str] = []  # checkpoint keys, in the order they were compressed
+        self.dense_members: dict[str, list[tuple[str, str]]] = {}  # family -> (shard, key) written dense
         self.written: dict[str, list[str]] = {}  # shard file name -> the keys it holds
         self.nbytes: dict[str, int] = {}  # shard file name -> bytes of its tensors
+        self.sentinel_written = False
 
-    def compress(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The tensors of one shard with every candidate that shrinks stored as a bitmask.
+    def _eligible(self, key: str, value: torch.Tensor) -> bool:
+        return ((self.wanted is None or key in self.wanted) and value.dim() in (2, 3)
+                and value.dtype in bitmask.SUPPORTED_DTYPES)
 
-        The first compressed module also keeps a marker under its dense key (see
-        :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
-        """
+    def _store(self, key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        names = stored_keys(key)
+        for suffix, part in bitmask.compress(value).items():
+            out[names[suffix]] = part
+        if not self.sentinel_written and _sentinel_key(key):
+            out[key] = _sentinel_tensor()
+            self.sentinel_written = True
+        self.compressed.append(key)
+
+    def compress(self, tensors: dict[str, torch.Tensor], shard: str) -> dict[str, torch.Tensor]:
+        """The tensors of one shard, sparse families stored as bitmasks; records the shard's keys and size."""
         out: dict[str, torch.Tensor] = {}
         for key, value in tensors.items():
-            mask = bitmask.kept_mask(value) if key in self.wanted and value.dim() == 2 else None
-            if mask is not None and bitmask.worth_compressing(value, mask):
-                prefix = bitmask.module_prefix(key)
-                for suffix, part in bitmask.compress(value, mask).items():
-                    out[f"{prefix}.{suffix}"] = part
-                if not self.compressed:
-                    out[key] = _sentinel_tensor()
-                self.compressed.append(prefix)
+            if self._eligible(key, value) and (family(key) in self.families or bitmask.worth_compressing(value)):
+                self.families.add(family(key))
+                self._store(key, value, out)
             else:
+                if self._eligible(key, value):
+                    self.dense_members.setdefault(family(key), []).append((shard, key))
                 out[key] = value
+        self.written[shard] = list(out)
+        self.nbytes[shard] = sum(t.numel() * t.element_size() for t in out.values())
         return out
+
+    def late_members(self) -> dict[str, list[str]]:
+        """Shard -> keys written dense although their family compresses (a later member decided it)."""
+        late: dict[str, list[str]] = {}
+        for name in self.families:
+            for shard, key in self.dense_members.pop(name, []):
+                late.setdefault(shard, []).append(key)
+        return late
 
 
 _ACTIVE: dict[Path, ShardCompressor] = {}
@@ -89,16 +139,14 @@ def _dispatching_writer(original: Any) -> Any:
         path = Path(filename)
         compressor = _ACTIVE.get(path.parent)
         if compressor is not None:
-            tensors = compressor.compress(tensors)
-            compressor.written[path.name] = list(tensors)
-            compressor.nbytes[path.name] = sum(t.numel() * t.element_size() for t in tensors.values())
+            tensors = compressor.compress(tensors, path.name)
         return original(tensors, filename, *args, **kwargs)
 
     return write
 
 
 @contextlib.contextmanager
-def compress_while_saving(folder: Path, candidates: Iterable[str]) -> Iterator[ShardCompressor]:
+def compress_while_saving(folder: Path, candidates: Iterable[str] | None = None) -> Iterator[ShardCompressor]:
     """While active, shards that ``save_pretrained`` writes into ``folder`` are compressed before writing.
 
     Hooks the one function transformers writes shards with (``modeling_utils.safe_save_file``); other
@@ -121,32 +169,46 @@ def compress_while_saving(folder: Path, candidates: Iterable[str]) -> Iterator[S
                 modeling_utils.safe_save_file = _ORIGINAL_WRITER.pop()
 
 
-def compress_folder(folder: Path, compressor: ShardCompressor) -> list[str]:
-    """Compress the shards of ``folder`` the hook did not see, then make the index match the files.
+def _rewrite_shard(shard: Path, compressor: ShardCompressor, keys: set[str] | None) -> None:
+    """Rewrite one shard in place: ``keys`` stored as bitmasks, or (None) every family decided by ``compressor``."""
+    with safe_open(str(shard), framework="pt") as handle:
+        file_metadata = handle.metadata()
+        stored = {key: handle.get_tensor(key) for key in handle.keys()}
+    if keys is None:
+        tensors = compressor.compress(stored, shard.name)
+    else:
+        tensors = {}
+        for key, value in stored.items():
+            if key in keys:
+                compressor._store(key, value, tensors)
+            else:
+                tensors[key] = value
+        compressor.written[shard.name] = list(tensors)
+        compressor.nbytes[shard.name] = sum(t.numel() * t.element_size() for t in tensors.values())
+    # Write beside and swap, so tensors still backed by the old file stay valid until replaced.
+    partial = shard.with_name(shard.name + ".partial")
+    save_file(tensors, str(partial), metadata=file_metadata)
+    os.replace(partial, shard)
 
-    Returns the compressed module prefixes in file order.
+
+def compress_folder(folder: Path, compressor: ShardCompressor | None = None) -> list[str]:
+    """Finish the sparse layout of ``folder``: compress the shards the hook did not see, then the members of
+    compressing families that were written dense, one shard in memory at a time; make the index match.
+
+    Returns the compressed checkpoint keys (the first sentinel-eligible one keeps the marker, see
+    :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
     """
+    compressor = compressor if compressor is not None else ShardCompressor()
     shard_paths, index = _shards(folder)
-    new_weight_map: dict[str, str] = {}
-    total_size = 0
     for shard in shard_paths:
-        if shard.name in compressor.written:
-            new_weight_map.update({key: shard.name for key in compressor.written[shard.name]})
-            total_size += compressor.nbytes[shard.name]
-            continue
-        with safe_open(str(shard), framework="pt") as handle:
-            file_metadata = handle.metadata()
-            tensors = compressor.compress({key: handle.get_tensor(key) for key in handle.keys()})
-        # Write beside and swap, so tensors still backed by the old file stay valid until replaced.
-        partial = shard.with_name(shard.name + ".partial")
-        save_file(tensors, str(partial), metadata=file_metadata)
-        os.replace(partial, shard)
-        new_weight_map.update({key: shard.name for key in tensors})
-        total_size += sum(t.numel() * t.element_size() for t in tensors.values())
-        del tensors
+        if shard.name not in compressor.written:
+            _rewrite_shard(shard, compressor, None)
+    for name, keys in compressor.late_members().items():
+        _rewrite_shard(folder / name, compressor, set(keys))
     if index is not None:
-        index["metadata"] = {**index.get("metadata", {}), "total_size": total_size}
-        index["weight_map"] = dict(sorted(new_weight_map.items()))
+        weight_map = {key: shard.name for shard in shard_paths for key in compressor.written[shard.name]}
+        index["metadata"] = {**index.get("metadata", {}), "total_size": sum(compressor.nbytes.values())}
+        index["weight_map"] = dict(sorted(weight_map.items()))
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return compressor.compressed
 
@@ -157,13 +219,14 @@ def write_quantization_config(
     """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
+    sentinel = next((key for key in compressed if _sentinel_key(key)), None)
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format": FORMAT,
         "sparsity_structure": "unstructured",
         "global_sparsity": global_sparsity,
-        "compressed_modules": compressed,
-        "sentinel": f"{compressed[0]}.weight" if compressed else None,
+        "compressed_modules": [bitmask.module_prefix(key) for key in compressed],
+        "sentinel": sentinel,
         "version": version,
     }
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from . import bitmask
-from .sparse_files import INDEX_FILE, SINGLE_FILE
+from .sparse_files import INDEX_FILE, SINGLE_FILE, stored_keys
 _RESAVE = "save it again with optimum_alpha.save_pruned (or re-download it)"
 
 
@@ -108,7 +107,9 @@ def check_checkpoint_folder(folder: Path) -> None:
     if quantization is None or quantization["quant_method"] != QUANT_METHOD:
         return
     for module in check_alpha_sparse_config(quantization):
-        missing = [suffix for suffix in bitmask.SUFFIXES if f"{module}.{suffix}" not in names]
+        # A module weight is stored as <module>.<part>, a fused expert parameter as <key>.fused_<part>.
+        layouts = (stored_keys(f"{module}.weight"), stored_keys(module))
+        missing = min(([s for s, key in parts.items() if key not in names] for parts in layouts), key=len)
         if missing:
             raise CheckpointError(
                 f"sparse checkpoint {folder} lists module {module} but its files lack "
