@@ -718,3 +718,26 @@ def test_overwriting_a_checkpoint_saved_before_the_manifest_removes_only_checkpo
     save_pruned(make_tiny_model("llama", seed=2, layers=1), target, overwrite=True, format="dense")
     assert (target / "notes.txt").read_text() == "mine" and not (target / "model-00002-of-00002.safetensors").exists()
     assert same_as_seed(target, 2)
+
+
+def test_a_family_decided_by_a_later_shard_is_stored_whole(tmp_path):
+    """Shard 1 holds a dense member of a family whose member in shard 2 is sparse: both end as bitmasks
+    (a fused-expert merge needs every member of a family stored the same way), one shard rewritten."""
+    from safetensors.torch import save_file
+
+    from optimum_alpha.checkpoint import sparse_files
+
+    dense = torch.randn(16, 32)
+    sparse = torch.randn(16, 32).masked_fill(torch.rand(16, 32) < 0.8, 0.0)
+    names = {"a": "model.layers.0.mlp.experts.0.w1.weight", "b": "model.layers.1.mlp.experts.0.w1.weight"}
+    save_file({names["a"]: dense, "model.norm.weight": torch.ones(32)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({names["b"]: sparse}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = {names["a"]: "model-00001-of-00002.safetensors", "model.norm.weight": "model-00001-of-00002.safetensors",
+                  names["b"]: "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert sorted(sparse_files.compress_folder(tmp_path)) == sorted(names.values())
+    first = load_file(str(tmp_path / "model-00001-of-00002.safetensors"))
+    assert "model.layers.0.mlp.experts.0.w1.compressed" in first and names["a"] not in first
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index["model.layers.0.mlp.experts.0.w1.bitmask"] == "model-00001-of-00002.safetensors"
+    assert names["a"] not in index and "model.norm.weight" in index
