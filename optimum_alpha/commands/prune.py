@@ -21,7 +21,7 @@ from .common import (
 )
 
 NAME = "prune"
-HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/magnitude and save it"
+HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/ALPS/magnitude and save it"
 DESCRIPTION = (
     "Load MODEL, measure the heavy-tailed spectrum (alpha) of every block, allocate the global sparsity\n"
     "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
@@ -33,7 +33,7 @@ DESCRIPTION = (
 )
 # Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
 # while the parser is built, and `optimum-cli --help` must stay instant.
-METHODS = ("wanda", "sparsegpt", "magnitude")
+METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
 ALLOCATIONS = ("alpha", "owl", "uniform")
 METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -51,6 +51,11 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "nm": None,
     "ignore": None,
     "block_score": "mean",
+    "percdamp": 0.01,
+    "alps_rho": 0.1,
+    "alps_max_iter": 300,
+    "alps_pcg_iters": 10,
+    "alps_pcg_tol": 1e-4,
 }
 
 
@@ -103,6 +108,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _config_flag(parser, "--block-score", "block_score",
                  "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
                  choices=("mean", "weighted"))
+    _config_flag(parser, "--percdamp", "percdamp",
+                 "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean diagonal", type=float,
+                 metavar="F")
+    _config_flag(parser, "--alps-rho", "alps_rho", "alps: initial ADMM penalty ρ₀", type=float, metavar="R")
+    _config_flag(parser, "--alps-max-iter", "alps_max_iter", "alps: most ADMM iterations per layer",
+                 type=positive_int, metavar="N")
+    _config_flag(parser, "--alps-pcg-iters", "alps_pcg_iters",
+                 "alps: conjugate-gradient iterations refitting the kept weights (0: no refit)", type=int,
+                 metavar="N")
+    _config_flag(parser, "--alps-pcg-tol", "alps_pcg_tol", "alps: relative residual at which the refit stops",
+                 type=float, metavar="T")
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
         "--force-overwrite",
