@@ -73,7 +73,8 @@ def hold_interrupts(deliver: bool = True) -> Iterator[list[int]]:
         held.append((signum, frame))
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
+    # A handler installed outside Python (getsignal() is None) cannot be restored later: left alone.
+    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS if signal.getsignal(sig) is not None}
     try:
         yield received
     finally:
