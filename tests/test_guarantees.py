@@ -741,3 +741,17 @@ def test_a_family_decided_by_a_later_shard_is_stored_whole(tmp_path):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
     assert index["model.layers.0.mlp.experts.0.w1.bitmask"] == "model-00001-of-00002.safetensors"
     assert names["a"] not in index and "model.norm.weight" in index
+
+
+def test_cli_overwrite_refusals_come_before_loading(tmp_path, capsys, monkeypatch):
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    code, err = run_cli(["prune", "model-never-loaded", "--output", str(foreign), "--overwrite"], capsys)
+    assert code == 2 and len(err) == 1 and "not a checkpoint written by optimum-alpha" in err[0]
+    assert "--force-overwrite" in err[0]
+    monkeypatch.chdir(foreign)
+    for output in (".", ""):
+        code, err = run_cli(["prune", "model-never-loaded", "--output", output, "--force-overwrite"], capsys)
+        assert code == 2 and len(err) == 1 and "refusing to save into" in err[0]
+    assert os.listdir(foreign) == ["thesis.tex"]
