@@ -16,6 +16,7 @@ save can tell the leftovers of a killed process from those of a save still runni
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -26,7 +27,7 @@ import shutil
 import socket
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts
@@ -244,12 +245,14 @@ def _raced(target: Path) -> CheckpointError:
     )
 
 
-def _delete_backup(backup: Path) -> None:
-    """Delete the old folder after a successful swap; a Ctrl-C/SIGTERM now has nothing left to stop."""
+@contextlib.contextmanager
+def _final_step(target: Path) -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM while the finished folder is put in place (renames and deletions, quick), then
+    ignore them: stopping half-way would leave no complete folder, and once done the save has succeeded."""
     with hold_interrupts(deliver=False) as received:
-        shutil.rmtree(backup, ignore_errors=True)
+        yield
     if received:
-        logger.warning("interrupt received after the save had completed; the save stands")
+        logger.warning("interrupt received while %s was put in place; the save completed and stands", target)
 
 
 def _swap_in(staging: Path, target: Path, overwrite: bool | str) -> None:
@@ -273,13 +276,14 @@ def _swap_in(staging: Path, target: Path, overwrite: bool | str) -> None:
         raise _raced(target)
     _carry_over(target, staging, _kept_entries(target, os.listdir(staging)))
     backup = target.with_name(_own_name(target, "old"))
-    os.rename(target, backup)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(backup, target)
-        raise
-    _delete_backup(backup)
+    with _final_step(target):  # a Ctrl-C between the two renames would leave the target missing
+        os.rename(target, backup)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(backup, target)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _move_in(staging: Path, target: Path, overwrite: bool | str) -> None:
@@ -289,17 +293,18 @@ def _move_in(staging: Path, target: Path, overwrite: bool | str) -> None:
     if visible and not overwrite:
         raise _raced(target)
     kept = set(_kept_entries(target, new_names))
-    for name in visible:  # the old checkpoint's files (and same-name ones): replaced
-        if name not in kept:
-            path = target / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     # The manifest first (a partial folder is then recognised as ours), config.json last (a partial
     # folder does not load as a model).
     order = sorted(new_names, key=lambda name: (name != METADATA_FILE, name == "config.json"))
-    for name in order:
-        os.replace(staging / name, target / name)
-    os.rmdir(staging)
-    (target / LOCK_FILE).unlink(missing_ok=True)
+    with _final_step(target):
+        for name in visible:  # the old checkpoint's files (and same-name ones): replaced
+            if name not in kept:
+                path = target / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for name in order:
+            os.replace(staging / name, target / name)
+        os.rmdir(staging)
+        (target / LOCK_FILE).unlink(missing_ok=True)
 
 
 def put_in_place(staging: Path, target: Path, overwrite: bool | str) -> None:
