@@ -1,6 +1,8 @@
-"""Text sources for calibration and evaluation, shipped with the package so nothing is downloaded.
+"""Text sources for calibration and evaluation, shipped with the package so nothing has to be downloaded,
+and the calibration window sampling (:func:`sample_calibration`).
 
-Names: ``"c4"`` (200 C4 documents, calibration), ``"wikitext2"`` (WikiText-2 raw test split, evaluation),
+Names: ``"c4"`` (200 C4 documents, calibration; for calibration the references' Hub shard when reachable,
+see :mod:`optimum_alpha.c4`), ``"wikitext2"`` (WikiText-2 raw test split, evaluation),
 ``"wikitext2-validation"``. Any local ``.txt``/``.json``/``.jsonl``/``.parquet`` file, or a ``datasets``
 ``Dataset`` with a ``text`` column, works too. Licences: ``optimum_alpha/data/LICENSE-DATA.md``.
 """
