@@ -138,3 +138,19 @@ def test_model_card_names_alps():
     card = str(build_model_card({"config": config}, fmt="sparse", chart_file=None))
     assert "using the `alps` pruning criterion" in card and "| pruning method | alps (allocation: alpha) |" in card
     assert AlphaPruningConfig.from_dict(config).alps_max_iter == 50  # alpha_pruning.json round-trips the options
+
+
+@pytest.mark.real_model
+def test_smollm2_first_block_with_alps_and_alpha_allocation():
+    """The issue's target call on the real model, kept to seconds: blocks 1-29 are ignored (kept dense), so
+    ALPS prunes the 7 matrices of block 0 (the full run is in benchmarks/quality.py --table solver)."""
+    pytest.importorskip("gguf")
+    # The ESD analysis runs at prune time, on the 7 matrices left prunable, not on all 210.
+    pruner = AlphaPruner.from_pretrained("smollm2-135m", show_progress=False, run_analysis=False)
+    config = AlphaPruningConfig(sparsity=0.7, method="alps", allocation="alpha", nsamples=2, seqlen=128,
+                                ignore=[r"re:model\.layers\.([1-9]|[12][0-9])\."])
+    model, report = pruner.prune(config, show_progress=False)
+    assert report.completed and len(report.layers) == 7
+    assert report.total_sparsity == pytest.approx(0.7, abs=1e-3)
+    ids = pruner.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
