@@ -247,7 +247,7 @@ class AlphaPruner(OptimumQuantizer):
                 pruners = {m.name: pruner_cls(m.name, **config.pruner_options(pruner_cls.options))
                            for m in matrices}
                 if inputs is not None:
-                    collect_block_statistics(block, index, matrices, pruners, inputs)
+                    self._collect_statistics(index, matrices, pruners, inputs)
                 new_weights = self._prune_block(matrices, pruners, targets, config, report)
                 with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                     self._write_block(index, matrices, new_weights, targets, blocks[index], block_scores, report)
@@ -265,6 +265,11 @@ class AlphaPruner(OptimumQuantizer):
             )
         logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
         return self.model, report
+
+    def _collect_statistics(self, index: int, matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner],
+                            inputs: BlockInputs) -> None:
+        """Stage 1 of a block: one dense pass feeding every matrix's calibration inputs to its pruner."""
+        collect_block_statistics(self.blocks[index], index, matrices, pruners, inputs)
 
     @staticmethod
     def _prune_block(matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner], targets: dict[str, float],

@@ -12,7 +12,7 @@ from optimum_alpha import AlphaPruner, AlphaPruningConfig
 from optimum_alpha.calibration import capture_block_inputs, run_block
 from optimum_alpha.data import calibration_windows
 from optimum_alpha.errors import AlphaPruningError, ConfigError, ModelStructureError
-from optimum_alpha.model_utils import find_blocks, find_prunable_layers, weight_matrix
+from optimum_alpha.model_utils import find_blocks
 from optimum_alpha.pruning.magnitude import MagnitudePruner
 from optimum_alpha.pruning.wanda import WandaPruner
 
@@ -28,11 +28,10 @@ def test_every_layer_reaches_its_allocated_sparsity(tiny_model, tiny_tokenizer, 
     assert report.completed
     targets = report.layer_targets
     assert len(set(round(t, 6) for t in targets.values())) > 1  # alpha allocation is not uniform
-    _, blocks = find_blocks(model)
-    for index, block in enumerate(blocks):
-        for name, layer in find_prunable_layers(block).items():
-            full = f"{pruner.blocks_path}.{index}.{name}"
-            weight = weight_matrix(layer)
+    for block in pruner.block_weights():
+        for matrix in block.matrices:
+            full = matrix.name
+            weight = matrix.read()
             achieved = float((weight == 0).sum()) / weight.numel()
             assert report.layers[full] == pytest.approx(achieved)
             # within one weight per row of the allocation (rounded per row for Wanda, per matrix for magnitude)

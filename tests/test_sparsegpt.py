@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from optimum_alpha import AlphaPruningConfig
 from optimum_alpha.data import load_texts

@@ -50,6 +50,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "seqlen": None,
     "seed": 0,
     "nm": None,
+    "ignore": None,
+    "block_score": "mean",
     "percdamp": 0.01,
     "alps_rho": 0.1,
     "alps_max_iter": 300,
@@ -100,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "tokens per calibration (and --eval) window; None means min(2048, model max positions)",
                  type=positive_int, metavar="N")
     _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
+    _config_flag(parser, "--ignore", "ignore",
+                 "keep matching block weights dense (repeatable): a module name or 're:REGEX', e.g. "
+                 "--ignore 're:.*self_attn.*'; MoE routers are kept dense anyway",
+                 action="append", metavar="PATTERN")
+    _config_flag(parser, "--block-score", "block_score",
+                 "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
+                 choices=("mean", "weighted"))
     _config_flag(parser, "--percdamp", "percdamp",
                  "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean diagonal", type=float,
                  metavar="F")
@@ -166,6 +175,11 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
     params = sum(b.num_params for b in report.blocks) or 1
     target = sum(b.target_sparsity * b.num_params for b in report.blocks) / params
     print(f"total sparsity: {report.total_sparsity:.4f} (target {target:.4f})")
+    if report.ignored:
+        print(f"kept dense on purpose: {len(report.ignored)} weights ({sum(report.ignored.values())} parameters); "
+              f"sparsity over all block weights {report.block_weight_sparsity:.4f}")
+    if report.uncalibrated:
+        print(f"no calibration token reached {len(report.uncalibrated)} expert matrices; pruned by magnitude")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
