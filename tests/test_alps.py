@@ -103,7 +103,7 @@ def test_dtype_device_zero_sparsity_and_dead_inputs():
 
 def test_gram_is_a_running_mean_and_errors_are_clear():
     x = correlated_inputs(300, 12, 11)
-    assert not ALPSPruner("layer").calibrated  # e.g. an expert no token was routed to: the pipeline falls back
+    assert not ALPSPruner("layer").calibrated  # e.g. an expert no token reached: the pipeline falls back
     pruner = fed("alps", x)
     assert pruner.calibrated
     torch.testing.assert_close(pruner.gram, x.T @ x / 300, rtol=1e-4, atol=1e-5)
@@ -112,8 +112,8 @@ def test_gram_is_a_running_mean_and_errors_are_clear():
     pruner.free()
     with pytest.raises(RuntimeError, match="calibration"):
         pruner.prune(torch.randn(4, 12), 0.5)
-    for option, value in [("alps_rho", 0.0), ("alps_max_iter", 0), ("alps_pcg_iters", -1), ("alps_pcg_tol", 0.0),
-                          ("alps_max_iter", 2.5), ("percdamp", -1.0)]:
+    for option, value in [("alps_rho", 0.0), ("alps_max_iter", 0), ("alps_pcg_iters", -1),
+                          ("alps_pcg_tol", 0.0), ("alps_max_iter", 2.5), ("percdamp", -1.0)]:
         with pytest.raises(ConfigError, match=option):
             AlphaPruningConfig(method="alps", **{option: value})
 
@@ -136,8 +136,9 @@ def test_model_card_names_alps():
 
     config = AlphaPruningConfig(sparsity=0.7, method="alps", alps_max_iter=50).to_dict()
     card = str(build_model_card({"config": config}, fmt="sparse", chart_file=None))
-    assert "using the `alps` pruning criterion" in card and "| pruning method | alps (allocation: alpha) |" in card
-    assert AlphaPruningConfig.from_dict(config).alps_max_iter == 50  # alpha_pruning.json round-trips the options
+    assert "using the `alps` pruning criterion" in card
+    assert "| pruning method | alps (allocation: alpha) |" in card
+    assert AlphaPruningConfig.from_dict(config).alps_max_iter == 50  # alpha_pruning.json keeps the options
 
 
 @pytest.mark.real_model
