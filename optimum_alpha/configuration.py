@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
@@ -17,6 +19,8 @@ ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 DEFAULT_MAX_SEQLEN = 2048
 MIXED_NM_PREFIX = "mixed:"
+# ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
+QUANT_METHOD = "alpha_pruning"
 
 
 def check_owl_threshold(threshold: float) -> None:
@@ -58,9 +62,11 @@ def parse_nm(nm: str | None) -> tuple[int, int] | None:
     return n, m
 
 
-@dataclass
-class AlphaPruningConfig:
-    """Configuration of one pruning run.
+@dataclass(repr=False)
+class AlphaPruningConfig(QuantizationConfigMixin):
+    """Configuration of one pruning run; also a transformers quantization config (``quant_method``
+    ``"alpha_pruning"``), so ``AutoModelForCausalLM.from_pretrained(id, quantization_config=config)`` returns
+    the pruned model (see :mod:`optimum_alpha.checkpoint.prune_on_load`).
 
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
@@ -83,7 +89,13 @@ class AlphaPruningConfig:
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
+        tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
+            (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
+        dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
     """
+
+    # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
+    quant_method: str = field(default=QUANT_METHOD, init=False)
 
     sparsity: float = 0.5
     method: str = "wanda"
@@ -102,8 +114,12 @@ class AlphaPruningConfig:
     owl_lambda: float = 0.08
     percdamp: float = 0.01
     blocksize: int = 128
+    tokenizer: Any = None
+    dataset: InitVar[Any] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, dataset: Any = None) -> None:
+        if dataset is not None:
+            self.calibration_dataset = dataset
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
         if self.method not in METHODS:
@@ -165,23 +181,37 @@ class AlphaPruningConfig:
         return int(self.seqlen)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not isinstance(self.calibration_dataset, (str, Path)):
-            data["calibration_dataset"] = f"<{type(self.calibration_dataset).__name__}>"
-        elif isinstance(self.calibration_dataset, Path):
-            data["calibration_dataset"] = str(self.calibration_dataset)
+        """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["calibration_dataset"] = _describe(self.calibration_dataset)
+        data["tokenizer"] = _describe(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlphaPruningConfig":
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, data: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
+        """Inverse of :meth:`to_dict` (also transformers' signature); unknown fields are an error."""
+        data = {k: v for k, v in {**data, **kwargs}.items() if k != "quant_method"}
+        known = {f.name for f in fields(cls) if f.init} | {"dataset"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Unknown config field(s) {unknown}; valid fields: {', '.join(sorted(known))}.")
-        return cls(**data)
+        config = cls(**data)
+        return (config, {}) if return_unused_kwargs else config
 
     def to_json_file(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+
+def _describe(value: Any, name: str | None = None) -> Any:
+    """A JSON stand-in for a config value: strings and None as they are, paths as text, objects by name/type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return name or f"<{type(value).__name__}>"
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":

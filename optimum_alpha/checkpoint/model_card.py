@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 TAGS = ["pruned", "sparse", "alpha-pruning"]
+LOCAL_HINT = "path/to/this/folder"  # replaced by the repo id when the folder is pushed
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -63,7 +64,7 @@ def _blocks_table(blocks: list[dict[str, Any]], metric: str) -> str:
 
 
 def build_model_card(
-    metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = "path/to/this/folder"
+    metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = LOCAL_HINT
 ) -> ModelCard:
     """Build the card from the ``alpha_pruning.json`` content; every field may be missing."""
     config = metadata.get("config") or {}
