@@ -169,6 +169,26 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         pattern = self.nm_pattern
         return pattern[1] if pattern else self.nm_mixed_group
 
+    @property
+    def sparsity_structure(self) -> str:
+        """``"2:4"``, ``"mixed:8"`` or ``"unstructured"``: what config.json, the card and the CLI report."""
+        pattern = self.nm_pattern
+        if pattern is not None:
+            return f"{pattern[0]}:{pattern[1]}"
+        mixed = self.nm_mixed_group
+        return f"{MIXED_NM_PREFIX}{mixed}" if mixed is not None else "unstructured"
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The sparsity the run aims at: 1 - N/M under a fixed N:M pattern (which overrides ``sparsity``)."""
+        pattern = self.nm_pattern
+        return 1.0 - pattern[0] / pattern[1] if pattern is not None else float(self.sparsity)
+
+    @property
+    def uses_esd(self) -> bool:
+        """Whether the allocation reads the ESD analysis (only ``alpha``, and not under a fixed N:M pattern)."""
+        return self.allocation == "alpha" and self.nm_pattern is None
+
     def resolve_seqlen(self, max_positions: int | None) -> int:
         """The calibration window length for a model with ``max_positions`` positions."""
         limit = max_positions or DEFAULT_MAX_SEQLEN

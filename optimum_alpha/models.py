@@ -67,13 +67,23 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
-def load_tokenizer(name_or_path: str, **kwargs: Any):
-    """The model's tokenizer, or None when the source has none."""
+# from_pretrained options that say where the files are: the tokenizer is read from the same place.
+SOURCE_OPTIONS = ("gguf_file", "revision", "subfolder", "token", "trust_remote_code", "cache_dir",
+                  "local_files_only", "proxies")
+
+
+def load_tokenizer(name_or_path: str, required: bool = False, **kwargs: Any):
+    """The model's tokenizer, or None when the source has none (an error naming the source if ``required``)."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, TypeError) as err:
+        if required:
+            raise CheckpointError(
+                f"Could not load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}; pass a tokenizer "
+                "object, a folder holding tokenizer files, or a Hub id."
+            ) from err
         logger.warning("No tokenizer could be loaded from %s (%s).", name_or_path, err)
         return None
 
@@ -98,6 +108,6 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
             f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
             "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
         ) from err
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    tok_kwargs = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
     model.eval()
     return model, load_tokenizer(name, **tok_kwargs)

@@ -57,14 +57,22 @@ class AlphaPruner(OptimumQuantizer):
         model_or_path: Any,
         file_name: str | None = None,
         tokenizer: Any = None,
-        run_analysis: bool = True,
+        run_analysis: bool = False,
         fix_finger: str = "reference",
         show_progress: bool = True,
         **from_pretrained_kwargs: Any,
     ) -> "AlphaPruner":
         """Wrap a loaded model, or load one (hub id, folder, ``.gguf`` file, ``"smollm2-135m"``) through
-        ``AutoModelForCausalLM.from_pretrained`` with ``from_pretrained_kwargs`` (``device_map``, ``dtype``...),
-        then run the ESD analysis. ``file_name`` is a GGUF file inside the given folder."""
+        ``AutoModelForCausalLM.from_pretrained`` with ``from_pretrained_kwargs`` (``device_map``, ``dtype``,
+        ``revision``, ``subfolder``, ``token``...; the tokenizer is loaded with the same source options).
+        ``file_name`` is a GGUF file inside the given folder; ``tokenizer`` a tokenizer or its name/folder.
+
+        The ESD analysis runs when an allocation first needs it (``allocation="alpha"``), so uniform, OWL and
+        fixed N:M runs never pay for it; ``run_analysis=True`` runs it now."""
+        if isinstance(tokenizer, (str, Path)):
+            from .models import load_tokenizer
+
+            tokenizer = load_tokenizer(str(tokenizer), required=True)
         if isinstance(model_or_path, nn.Module):
             model, source = model_or_path, getattr(getattr(model_or_path, "config", None), "_name_or_path", None)
         else:
@@ -196,6 +204,9 @@ class AlphaPruner(OptimumQuantizer):
         Every weight is checked for NaN/Inf before block 0 is touched. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
+        if config.nm_pattern is not None and abs(config.effective_sparsity - config.sparsity) > 1e-9:
+            logger.warning("N:M pattern %s sets the sparsity to %.4f; sparsity=%s is not used.",
+                           config.nm, config.effective_sparsity, config.sparsity)
         start = time.perf_counter()
         for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
@@ -204,7 +215,8 @@ class AlphaPruner(OptimumQuantizer):
         pruner_cls = get_pruner_class(config.method)
         sparsegpt = config.method == "sparsegpt"
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if sparsegpt else {}
-        report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
+        report = PruningReport(config=config.to_dict(), layer_targets=dict(targets),
+                               sparsity_structure=config.sparsity_structure)
         self.last_report = report
         inputs = None
         if pruner_cls.needs_calibration:
@@ -245,6 +257,11 @@ class AlphaPruner(OptimumQuantizer):
             report.blocks[-1].seconds = time.perf_counter() - block_start
             report.elapsed_s = time.perf_counter() - start
         report.completed = True
+        if report.pinned_blocks:
+            logger.warning(
+                "Blocks %s are pinned at the sparsity cap (max_sparsity=%s): the allocation wanted more there and "
+                "gave the excess to other blocks; lower epsilon or raise max_sparsity to change that.",
+                report.pinned_blocks, config.max_sparsity)
         logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
         return self.model, report
 
@@ -309,6 +326,9 @@ class AlphaPruner(OptimumQuantizer):
             ],
             "layers": report.layers if report else {},
             "total_sparsity": report.total_sparsity if report else None,
+            "target_sparsity": report.target_sparsity if report else None,
+            "sparsity_structure": report.sparsity_structure if report else None,
+            "pinned_blocks": report.pinned_blocks if report else [],
             "calibration": report.calibration if report else {},
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],

@@ -32,6 +32,7 @@ class PruningReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     completed: bool = False
+    sparsity_structure: str = "unstructured"  # "2:4", "mixed:8" or "unstructured"
 
     @property
     def total_sparsity(self) -> float:
@@ -39,9 +40,30 @@ class PruningReport:
         params = sum(b.num_params for b in self.blocks)
         return sum(b.achieved_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
 
+    @property
+    def target_sparsity(self) -> float:
+        """Parameter-weighted allocated sparsity: under an N:M pattern, what the pattern gives, not ``sparsity``."""
+        params = sum(b.num_params for b in self.blocks)
+        return sum(b.target_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
+
+    @property
+    def pinned_blocks(self) -> list[int]:
+        """Blocks the allocation held at its cap (``max_sparsity``, or (M-1)/M under mixed N:M): the
+        allocation wanted more sparsity there and moved the rest to other blocks."""
+        cap = self.config.get("max_sparsity")
+        nm = str(self.config.get("nm") or "")
+        if cap is None or (nm and not nm.startswith("mixed:")):
+            return []
+        if nm.startswith("mixed:"):
+            m = int(nm.split(":")[1])
+            cap = min(cap, (m - 1) / m)
+        return [b.index for b in self.blocks if b.target_sparsity >= cap - 1e-6]
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["total_sparsity"] = self.total_sparsity
+        data["target_sparsity"] = self.target_sparsity
+        data["pinned_blocks"] = self.pinned_blocks
         return data
 
     def summary(self) -> str:

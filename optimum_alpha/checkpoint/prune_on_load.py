@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from transformers.quantizers import HfQuantizer
+from transformers.quantizers.base import HfQuantizer  # not the package: see _registration.py
 
 from ..configuration import QUANT_METHOD, AlphaPruningConfig
 from ..errors import CalibrationDataError, CheckpointError

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from transformers.core_model_loading import ConversionOps
-from transformers.quantizers import HfQuantizer
+from transformers.quantizers.base import HfQuantizer  # not the package: see _registration.py
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from . import bitmask

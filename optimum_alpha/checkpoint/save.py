@@ -188,7 +188,8 @@ def _write_folder(
         compressed = compress_folder(folder, prunable_weight_keys(model))
         if compressed:
             sparsity = data.get("achieved_sparsity")
-            write_quantization_config(folder, compressed, sparsity, data["library_version"])
+            structure = data.get("sparsity_structure") or "unstructured"
+            write_quantization_config(folder, compressed, sparsity, data["library_version"], structure)
         data["compressed_modules"] = len(compressed)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

@@ -87,7 +87,8 @@ def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
 
 
 def write_quantization_config(
-    folder: Path, compressed: list[str], global_sparsity: float | None, version: str
+    folder: Path, compressed: list[str], global_sparsity: float | None, version: str,
+    structure: str = "unstructured",
 ) -> None:
     """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``."""
     config_path = folder / "config.json"
@@ -95,7 +96,7 @@ def write_quantization_config(
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format": FORMAT,
-        "sparsity_structure": "unstructured",
+        "sparsity_structure": structure,  # "unstructured", "2:4" or "mixed:8", as pruned
         "global_sparsity": global_sparsity,
         "compressed_modules": compressed,
         "sentinel": f"{compressed[0]}.weight" if compressed else None,
