@@ -11,7 +11,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import METRICS
+from .esd import METRICS, canonical_metric
 from .nm import check_mixed_sparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -128,6 +128,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(
                 f"Unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATION_METHODS)}."
             )
+        self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
             raise ConfigError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
         if self.granularity not in GRANULARITIES:

@@ -37,20 +37,9 @@ def input_device(model: Any) -> torch.device:
     return weight.device
 
 
-@torch.no_grad()
-def perplexity(
-    model: Any,
-    tokenizer: Any,
-    dataset: Any = "wikitext2",
-    seqlen: int | None = None,
-    max_windows: int | None = None,
-    show_progress: bool = True,
-) -> float:
-    """WikiText-2 (or any text source) perplexity of a causal LM.
-
-    ``seqlen`` defaults to min(2048, the model's max positions); ``max_windows`` evaluates only the first
-    windows (state it when reporting numbers).
-    """
+def _windows(model: Any, tokenizer: Any, dataset: Any, seqlen: int | None,
+             max_windows: int | None) -> tuple[torch.Tensor, int, int]:
+    """(token stream, window length, window count) of the protocol; every argument error is raised here."""
     if tokenizer is None:
         raise CalibrationDataError(
             "Perplexity needs a tokenizer, but this model has none; pass tokenizer= or load a model folder "
@@ -69,6 +58,33 @@ def perplexity(
         windows = min(windows, int(max_windows))
     if windows < 1:
         raise ConfigError(f"The evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}.")
+    return ids, int(seqlen), int(windows)
+
+
+def evaluation_protocol(model: Any, tokenizer: Any, dataset: Any = "wikitext2", seqlen: int | None = None,
+                        max_windows: int | None = None) -> dict[str, Any]:
+    """``{"dataset", "seqlen", "windows"}`` that :func:`perplexity` will use: what a reported number means.
+    Raises the same errors as :func:`perplexity`, before any forward pass."""
+    _, seqlen, windows = _windows(model, tokenizer, dataset, seqlen, max_windows)
+    name = dataset if isinstance(dataset, str) else f"<{type(dataset).__name__}>"
+    return {"dataset": name, "seqlen": seqlen, "windows": windows}
+
+
+@torch.no_grad()
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any = "wikitext2",
+    seqlen: int | None = None,
+    max_windows: int | None = None,
+    show_progress: bool = True,
+) -> float:
+    """WikiText-2 (or any text source) perplexity of a causal LM.
+
+    ``seqlen`` defaults to min(2048, the model's max positions); ``max_windows`` evaluates only the first
+    windows (state it when reporting numbers: :func:`evaluation_protocol` gives the exact protocol).
+    """
+    ids, seqlen, windows = _windows(model, tokenizer, dataset, seqlen, max_windows)
     device = input_device(model)
     was_training = model.training
     model.eval()

@@ -88,6 +88,23 @@ def load_tokenizer(name_or_path: str, required: bool = False, **kwargs: Any):
         return None
 
 
+def load_config(model_id: str | Path, **from_pretrained_kwargs: Any):
+    """The model's transformers config alone (no weights), for checks before the slow load; None when it
+    cannot be read (the model load then reports why)."""
+    from transformers import AutoConfig
+
+    name, extra = resolve_model_source(model_id)
+    kwargs = {**extra, **from_pretrained_kwargs}
+    if "gguf_file" in kwargs:  # transformers reads the whole GGUF file for its config: not a quick check
+        return None
+    options = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
+    try:
+        return AutoConfig.from_pretrained(name, **options)
+    except (OSError, ValueError, KeyError) as err:
+        logger.info("Config of %s not readable before loading (%s)", model_id, err)
+        return None
+
+
 def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
     """``(model, tokenizer)`` from a hub id, folder, ``.gguf`` file or ``"smollm2-135m"``.
 

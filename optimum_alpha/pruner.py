@@ -45,7 +45,8 @@ class AlphaPruner(OptimumQuantizer):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        self.esd_report: ESDReport | None = None
+        self._esd_report: ESDReport | None = None
+        self.analysis_options: dict[str, Any] = {"fix_finger": "reference", "show_progress": True}
         self.last_report: PruningReport | None = None
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
@@ -83,14 +84,26 @@ class AlphaPruner(OptimumQuantizer):
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
             source = str(model_or_path)
         pruner = cls(model, tokenizer, source)
+        pruner.analysis_options = {"fix_finger": fix_finger, "show_progress": show_progress}
         if run_analysis:
             pruner.analyze(fix_finger=fix_finger, show_progress=show_progress)
         return pruner
 
+    @property
+    def esd_report(self) -> ESDReport:
+        """The ESD analysis, run on first access (so only the runs that read it pay for it)."""
+        if self._esd_report is None:
+            self.analyze(**self.analysis_options)
+        return self._esd_report  # type: ignore[return-value]
+
+    @esd_report.setter
+    def esd_report(self, report: ESDReport | None) -> None:
+        self._esd_report = report
+
     def analyze(self, fix_finger: str = "reference", show_progress: bool = True) -> ESDReport:
         """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights."""
-        self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress)  # type: ignore[arg-type]
-        return self.esd_report
+        self._esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress)  # type: ignore[arg-type]
+        return self._esd_report
 
     # ----------------------------------------------------------------------------------------- allocation
     def _layer_names(self) -> list[tuple[int, str, nn.Module]]:
@@ -124,9 +137,10 @@ class AlphaPruner(OptimumQuantizer):
             return {name: float(config.sparsity) for _, name, _ in layers}, [None] * len(self.blocks)
         if config.allocation == "owl":
             return self._owl_targets(config, layers, max_sparsity, show_progress)
-        report = self.esd_report
+        report = self._esd_report
         if report is None or report.fix_finger != config.fix_finger:
-            report = self.analyze(fix_finger=config.fix_finger)
+            report = self.analyze(fix_finger=config.fix_finger,
+                                  show_progress=self.analysis_options.get("show_progress", True))
         scores, counts = report.scores(config.metric, config.granularity)
         sparsities = allocate(
             scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=max_sparsity
@@ -211,8 +225,10 @@ class AlphaPruner(OptimumQuantizer):
         for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
                 check_finite(weight_matrix(layer), name)
-        targets, block_scores = self.allocate(config, show_progress)
         pruner_cls = get_pruner_class(config.method)
+        if pruner_cls.needs_calibration or config.allocation == "owl":
+            config.resolve_seqlen(max_positions(self.model))  # a too-long seqlen fails before any analysis
+        targets, block_scores = self.allocate(config, show_progress)
         sparsegpt = config.method == "sparsegpt"
         options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if sparsegpt else {}
         report = PruningReport(config=config.to_dict(), layer_targets=dict(targets),
@@ -331,7 +347,7 @@ class AlphaPruner(OptimumQuantizer):
             "pinned_blocks": report.pinned_blocks if report else [],
             "calibration": report.calibration if report else {},
             "perplexity": dict(self.perplexity),
-            "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],
+            "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",

@@ -12,11 +12,12 @@ import argparse
 import sys
 from typing import NoReturn, Sequence
 
-from . import analyze, evaluate, prune
+from . import analyze, evaluate, prune, push
+from .common import add_verbosity_arguments
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
-SUBCOMMANDS = (analyze, prune, evaluate)
+SUBCOMMANDS = (analyze, prune, evaluate, push)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -57,7 +58,7 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Run '<command> --help' for the flags of each command."
     )
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", metavar="{analyze,prune,eval}", parser_class=OneLineErrorParser
+        title="commands", dest="command", metavar="{analyze,prune,eval,push}", parser_class=OneLineErrorParser
     )
     subparsers.required = True
     for module in SUBCOMMANDS:
@@ -68,6 +69,7 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
+        add_verbosity_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser
 
@@ -77,10 +79,31 @@ def build_parser(prog: str = "optimum-alpha") -> argparse.ArgumentParser:
     return add_commands(OneLineErrorParser(prog=prog))
 
 
+def configure_output(quiet: bool, verbose: bool) -> None:
+    """-q: results and errors only; default: our warnings as ``warning: ...`` lines; -v: our info messages too."""
+    import logging
+    import os
+
+    class LowerCaseLevel(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LowerCaseLevel())
+    logger = logging.getLogger("optimum_alpha")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar (ours and transformers') reads it
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command; user errors become one line on stderr and exit code 2."""
     from ..errors import AlphaPruningError
 
+    configure_output(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
         return int(args.handler(args) or 0)
     except AlphaPruningError as exc:
