@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+from importlib import import_module
 from types import ModuleType
 from typing import Any
 
@@ -19,12 +20,14 @@ REGISTRY = "transformers.quantizers.auto"
 
 
 def register_all() -> None:
-    """Register both quantizers with transformers (idempotent)."""
-    from .checkpoint.prune_on_load import register as register_pruning
-    from .checkpoint.quantizer import register as register_sparse
+    """Register both quantizers with transformers (idempotent).
 
-    register_sparse()
-    register_pruning()
+    Each quantizer module registers itself when its import completes, so importing them is all it takes.
+    When one of them is what triggered the registry import (it imports ``transformers.quantizers.base``),
+    ``import_module`` hands back the half-initialised module and the module registers itself once done.
+    """
+    import_module("optimum_alpha.checkpoint.quantizer")
+    import_module("optimum_alpha.checkpoint.prune_on_load")
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):

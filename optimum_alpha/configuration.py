@@ -225,15 +225,6 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def to_diff_dict(self) -> dict[str, Any]:
         return self.to_dict()
 
-
-def _describe(value: Any, name: str | None = None) -> Any:
-    """A JSON stand-in for a config value: strings and None as they are, paths as text, objects by name/type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return name or f"<{type(value).__name__}>"
-
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
         try:
@@ -243,3 +234,12 @@ def _describe(value: Any, name: str | None = None) -> Any:
         except json.JSONDecodeError as err:
             raise ConfigError(f"Config file {path} is not valid JSON: {err}.") from err
         return cls.from_dict(data)
+
+
+def _describe(value: Any, name: str | None = None) -> Any:
+    """A JSON stand-in for a config value: strings and None as they are, paths as text, objects by name/type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return name or f"<{type(value).__name__}>"

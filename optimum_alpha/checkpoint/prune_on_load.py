@@ -162,3 +162,6 @@ def register() -> None:
         register_quantizer(QUANT_METHOD)(AlphaPruningHfQuantizer)
     if AUTO_QUANTIZER_MAPPING[QUANT_METHOD] is not AlphaPruningHfQuantizer:
         raise RuntimeError(f"another package registered quant_method {QUANT_METHOD!r} with transformers")
+
+
+register()  # on import: see optimum_alpha/_registration.py

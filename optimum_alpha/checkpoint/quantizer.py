@@ -169,3 +169,5 @@ def register() -> None:
             "optimum-alpha cannot load its sparse checkpoints alongside it"
         )
 
+
+register()  # on import: see optimum_alpha/_registration.py

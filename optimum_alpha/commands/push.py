@@ -19,12 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", metavar="REPO", help="Hub repo id, 'name' or 'owner/name'")
     parser.add_argument("--private", action="store_true", help="create the repo as private (an existing repo keeps "
                         "its visibility)")
+    parser.add_argument("--commit-message", default=None, metavar="TEXT",
+                        help="message of the upload commit (default: 'Upload pruned model (FOLDER) with optimum-alpha')")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import check_push_target, push_folder_to_hub
 
     check_push_target(args.repo)
-    url = push_folder_to_hub(args.folder, args.repo, private=args.private or None)
+    url = push_folder_to_hub(args.folder, args.repo, private=args.private or None, commit_message=args.commit_message)
     print(f"pushed {args.folder} to: {url}")
     return 0
