@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from . import bitmask
-from .quantizer import FORMAT, QUANT_METHOD, SENTINEL_MESSAGE
+from .quantizer import FORMAT, MARKER_KEY, QUANT_METHOD, SENTINEL_MESSAGE
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -69,6 +69,7 @@ def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
                         tensors[f"{prefix}.{suffix}"] = part
                     if not compressed:
                         tensors[key] = _sentinel_tensor()
+                        tensors[MARKER_KEY] = _sentinel_tensor()
                     compressed.append(prefix)
                 else:
                     tensors[key] = value
