@@ -37,6 +37,21 @@ def input_device(model: Any) -> torch.device:
     return weight.device
 
 
+_LAST_TOKENS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _tokens(tokenizer: Any, dataset: Any) -> torch.Tensor:
+    """The evaluation token stream, kept for the last (tokenizer, named dataset): the CLI asks for the protocol
+    and then the perplexity, before and after pruning, and WikiText-2 takes seconds to tokenize."""
+    if not isinstance(dataset, str):
+        return evaluation_tokens(tokenizer, dataset)
+    key = (id(tokenizer), dataset)
+    if key not in _LAST_TOKENS:
+        _LAST_TOKENS.clear()
+        _LAST_TOKENS[key] = evaluation_tokens(tokenizer, dataset)
+    return _LAST_TOKENS[key]
+
+
 def _windows(model: Any, tokenizer: Any, dataset: Any, seqlen: int | None,
              max_windows: int | None) -> tuple[torch.Tensor, int, int]:
     """(token stream, window length, window count) of the protocol; every argument error is raised here."""
@@ -52,7 +67,7 @@ def _windows(model: Any, tokenizer: Any, dataset: Any, seqlen: int | None,
         raise ConfigError(
             f"seqlen {seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
         )
-    ids = evaluation_tokens(tokenizer, dataset)
+    ids = _tokens(tokenizer, dataset)
     windows = ids.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, int(max_windows))
