@@ -94,8 +94,9 @@ def configure_output(quiet: bool, verbose: bool) -> None:
     logger.handlers = [handler]
     logger.propagate = False
     logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # every tqdm bar (ours and transformers') reads it
+    if quiet:  # read when tqdm / transformers / huggingface_hub are imported, which the parser has not done
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
