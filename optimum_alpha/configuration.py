@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
@@ -224,6 +225,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     def to_diff_dict(self) -> dict[str, Any]:
         return self.to_dict()
+
+    def __deepcopy__(self, memo: dict) -> "AlphaPruningConfig":
+        """transformers deep-copies the model config, ours included: share the tokenizer and dataset objects
+        (every other field is an immutable value), rather than copying a tokenizer or an Arrow table."""
+        return copy.copy(self)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
