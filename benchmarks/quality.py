@@ -242,10 +242,8 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
     from optimum_alpha import AlphaPruningConfig
 
     pruner, sparsity, metric = runner.session.pruner, args.sparsities[0], args.metrics[0]
-    layers = pruner._layer_names()
-    sizes = [0] * len(pruner.blocks)
-    for i, _, layer in layers:
-        sizes[i] += layer.weight.numel()
+    blocks = pruner.block_weights()
+    sizes = [sum(m.numel for m in block.matrices) for block in blocks]
     columns, headers = [], ["block", metric]
     for granularity in args.granularity:
         for bound in args.max_sparsity:
@@ -256,8 +254,9 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
                 with reference_allocation() if bound is None else contextlib.nullcontext():
                     targets, _ = pruner.allocate(config)
                 per_block = [0.0] * len(pruner.blocks)
-                for i, name, layer in layers:
-                    per_block[i] += targets[name] * layer.weight.numel() / sizes[i]
+                for i, block in enumerate(blocks):
+                    for matrix in block.matrices:
+                        per_block[i] += targets[matrix.name] * matrix.numel / sizes[i]
                 columns.append(per_block)
                 headers.append(f"{granularity[0]} {bound_label(bound)} ε{epsilon:g}")
     scores = [b.metrics[metric] for b in pruner.esd_report.blocks]

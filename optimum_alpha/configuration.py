@@ -12,7 +12,8 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import METRICS, canonical_metric
+from .esd import BLOCK_SCORES, METRICS, canonical_metric
+from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -93,6 +94,13 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
             (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
         dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
+        ignore: weights inside the blocks to keep dense, as module-name patterns (``"re:.*self_attn.*"`` for a
+            regular expression matched from the start of the name, else an exact name or name suffix). Expert
+            matrices are named ``<experts module>.<expert>.{gate,up,down}_proj``. Routers are kept dense
+            unless ``prune_routers``; every other weight inside the blocks must be pruned or ignored.
+        prune_routers: prune MoE router weights like any matrix (default: keep them dense).
+        block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
+            matrix counts once) or ``weighted`` by parameter count.
     """
 
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
@@ -115,6 +123,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     owl_lambda: float = 0.08
     percdamp: float = 0.01
     blocksize: int = 128
+    ignore: list[str] | None = None
+    prune_routers: bool = False
+    block_score: str = "mean"
     tokenizer: Any = None
     dataset: InitVar[Any] = None
 
@@ -154,6 +165,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+        if self.ignore is not None:
+            if isinstance(self.ignore, str):
+                self.ignore = [self.ignore]
+            self.ignore = list(self.ignore)
+            compile_patterns(self.ignore)
+        if self.block_score not in BLOCK_SCORES:
+            raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+
+    def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
+        """The config values a layer pruner declares in its ``options``."""
+        return {name: getattr(self, name) for name in option_names}
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

@@ -58,6 +58,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "owl_threshold": 5.0,
     "owl_lambda": 0.08,
     "fix_finger": "reference",
+    "ignore": None,
+    "block_score": "mean",
 }
 
 
@@ -113,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="L")
     _config_flag(parser, "--fix-finger", "fix_finger",
                  "xmin window of the Hill fit: reference (authors' code) or strict", choices=("reference", "strict"))
+    _config_flag(parser, "--ignore", "ignore",
+                 "keep matching block weights dense (repeatable): a module name or 're:REGEX', e.g. "
+                 "--ignore 're:.*self_attn.*'; MoE routers are kept dense anyway",
+                 action="append", metavar="PATTERN")
+    _config_flag(parser, "--block-score", "block_score",
+                 "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
+                 choices=("mean", "weighted"))
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
         "--format",
@@ -197,6 +206,11 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
     if report.pinned_blocks:
         print(f"warning: blocks {report.pinned_blocks} are pinned at the sparsity cap "
               f"({config.max_sparsity}); the rest of their share went to other blocks")
+    if report.ignored:
+        print(f"kept dense on purpose: {len(report.ignored)} weights ({sum(report.ignored.values())} parameters); "
+              f"sparsity over all block weights {report.block_weight_sparsity:.4f}")
+    if report.uncalibrated:
+        print(f"no calibration token reached {len(report.uncalibrated)} expert matrices; pruned by magnitude")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")

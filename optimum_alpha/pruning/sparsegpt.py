@@ -21,12 +21,10 @@ from .masks import count_to_prune, nm_mask
 class SparseGPTPruner(LayerPruner):
     """Accumulates the layer Hessian over the calibration tokens, then prunes with OBS updates."""
 
-    def __init__(self, layer, name: str, percdamp: float = 0.01, blocksize: int = 128) -> None:
-        super().__init__(layer, name)
-        if percdamp < 0:
-            raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
-        if blocksize < 1:
-            raise ConfigError(f"blocksize must be >= 1, got {blocksize}.")
+    options = ("percdamp", "blocksize")
+
+    def __init__(self, name: str, percdamp: float = 0.01, blocksize: int = 128, **options: object) -> None:
+        super().__init__(name)
         self.percdamp = float(percdamp)
         self.blocksize = int(blocksize)
         self.hessian: torch.Tensor | None = None  # running mean of 2·xxᵀ, float32, (in, in)
@@ -45,6 +43,10 @@ class SparseGPTPruner(LayerPruner):
         scaled = flat * (2.0 / total) ** 0.5
         self.hessian.addmm_(scaled.T, scaled)
         self.tokens = total
+
+    @property
+    def calibrated(self) -> bool:
+        return self.hessian is not None
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         if self.hessian is None:
