@@ -98,12 +98,14 @@ def test_smollm2_pruned_on_load_saves_and_reloads(tmp_path):
     dense, tokenizer = load_model("smollm2-135m")
     save_pruned(dense, tmp_path / "dense", tokenizer=tokenizer, format="dense")  # GGUF -> safetensors folder
     del dense
-    config = AlphaPruningConfig(sparsity=0.5, method="wanda", nsamples=2, seqlen=128)
+    # Magnitude + uniform keeps this short; Wanda, calibration and the alpha allocation through this path are
+    # covered on the tiny model above.
+    config = AlphaPruningConfig(sparsity=0.5, method="magnitude", allocation="uniform")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", quantization_config=config)
     assert model.alpha_pruning_report.total_sparsity == pytest.approx(0.5, abs=2e-3)
     model.save_pretrained(tmp_path / "pruned")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     weight = "model.layers.5.mlp.down_proj.weight"
     assert torch.equal(model.get_parameter(weight), loaded.get_parameter(weight))
-    ppl = perplexity(loaded, tokenizer, seqlen=128, max_windows=2, show_progress=False)
-    assert math.isfinite(ppl) and ppl < 1000
+    ppl = perplexity(loaded, tokenizer, seqlen=128, max_windows=1, show_progress=False)
+    assert math.isfinite(ppl) and ppl < 1e4

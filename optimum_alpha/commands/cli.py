@@ -9,6 +9,8 @@ User mistakes (:class:`~optimum_alpha.errors.AlphaPruningError`, bad flags) are 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import NoReturn, Sequence
 
@@ -79,20 +81,17 @@ def build_parser(prog: str = "optimum-alpha") -> argparse.ArgumentParser:
     return add_commands(OneLineErrorParser(prog=prog))
 
 
+class _StderrLines(logging.Handler):
+    """Library log records as ``warning: ...`` lines on whatever ``sys.stderr`` is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+
+
 def configure_output(quiet: bool, verbose: bool) -> None:
     """-q: results and errors only; default: our warnings as ``warning: ...`` lines; -v: our info messages too."""
-    import logging
-    import os
-
-    class LowerCaseLevel(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return f"{record.levelname.lower()}: {record.getMessage()}"
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LowerCaseLevel())
     logger = logging.getLogger("optimum_alpha")
-    logger.handlers = [handler]
-    logger.propagate = False
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _StderrLines)] + [_StderrLines()]
     logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
     if quiet:  # read when tqdm / transformers / huggingface_hub are imported, which the parser has not done
         os.environ["TQDM_DISABLE"] = "1"
