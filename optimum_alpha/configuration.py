@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,8 +19,9 @@ from .errors import ConfigError
 from .esd import BLOCK_SCORES, METRICS, canonical_metric
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
+from .pruning.alps import check_alps_options
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 DEFAULT_MAX_SEQLEN = 2048
@@ -64,6 +69,61 @@ def parse_nm(nm: str | None) -> tuple[int, int] | None:
     return n, m
 
 
+def _describe(value: Any) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against a field's declared type (bool/int/float/str, optionally ``| None``).
+
+    Numbers must be real numbers, finite, and whole for ``int`` fields (``64.0`` becomes ``64``); strings
+    are never parsed into numbers, so ``"0.5"`` from a hand-written JSON file is refused with a message
+    rather than failing later inside ``prune()``.
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        if len(options) != 1:
+            return value
+        annotation = options[0]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false (bool), got {_describe(value)}.")
+        return value
+    if annotation in (int, float):
+        kind = "a whole number (int)" if annotation is int else "a number (float)"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            hint = f"; write {value.strip()} without quotes" if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{name} must be {kind}, got {_describe(value)}{hint}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        if annotation is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{name} must be {kind}, got {value!r}.")
+            return int(value)
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {_describe(value)}.")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_field_types(config: Any) -> None:
+    """Check (and normalise) every dataclass field of ``config`` by its declared type; fields added later
+    are covered without further code."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        setattr(config, field.name, _coerce(field.name, getattr(config, field.name), hints.get(field.name, Any)))
+
+
 @dataclass(repr=False)
 class AlphaPruningConfig(QuantizationConfigMixin):
     """Configuration of one pruning run; also a transformers quantization config (``quant_method``
@@ -72,7 +132,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
-        method: which weights go inside a layer: ``magnitude``, ``wanda`` or ``sparsegpt``.
+        method: which weights go inside a layer: ``magnitude``, ``wanda``, ``sparsegpt`` or ``alps``.
         allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
         metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
         epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting).
@@ -90,7 +150,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
-        percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
+        percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal; ALPS uses it too) and
+            column block size.
+        alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
+            settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
+            kept weights (iterations, relative residual tolerance). Defaults are the paper's.
         tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
             (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
         dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
@@ -123,6 +187,10 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     owl_lambda: float = 0.08
     percdamp: float = 0.01
     blocksize: int = 128
+    alps_rho: float = 0.1
+    alps_max_iter: int = 300
+    alps_pcg_iters: int = 10
+    alps_pcg_tol: float = 1e-4
     ignore: list[str] | None = None
     prune_routers: bool = False
     block_score: str = "mean"
@@ -132,6 +200,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def __post_init__(self, dataset: Any = None) -> None:
         if dataset is not None:
             self.calibration_dataset = dataset
+        check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
         if self.method not in METHODS:
@@ -165,6 +234,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters, float(self.alps_pcg_tol))
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
@@ -227,8 +297,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["calibration_dataset"] = _describe(self.calibration_dataset)
-        data["tokenizer"] = _describe(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
+        data["calibration_dataset"] = _json_value(self.calibration_dataset)
+        data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data
 
     @classmethod
@@ -256,15 +326,21 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"Config file {path} does not exist.") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"Config file {path} is not valid JSON: {err}.") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"Config file {path} is not valid UTF-8 JSON: {err}.") from err
+        except OSError as err:
+            raise ConfigError(f"Config file {path} cannot be read: {err}.") from err
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"Config file {path} must hold a JSON object of AlphaPruningConfig fields, got {type(data).__name__}."
+            )
         return cls.from_dict(data)
 
 
-def _describe(value: Any, name: str | None = None) -> Any:
+def _json_value(value: Any, name: str | None = None) -> Any:
     """A JSON stand-in for a config value: strings and None as they are, paths as text, objects by name/type."""
     if value is None or isinstance(value, str):
         return value

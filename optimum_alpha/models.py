@@ -67,6 +67,10 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 # from_pretrained options that say where the files are: the tokenizer is read from the same place.
 SOURCE_OPTIONS = ("gguf_file", "revision", "subfolder", "token", "trust_remote_code", "cache_dir",
                   "local_files_only", "proxies")
@@ -81,7 +85,7 @@ def load_tokenizer(name_or_path: str, required: bool = False, **kwargs: Any):
     except (OSError, ValueError, TypeError) as err:
         if required:
             raise CheckpointError(
-                f"Could not load a tokenizer from {name_or_path!r}: {str(err).splitlines()[0]}; pass a tokenizer "
+                f"Could not load a tokenizer from {name_or_path!r}: {_first_line(err)}; pass a tokenizer "
                 "object, a folder holding tokenizer files, or a Hub id."
             ) from err
         logger.warning("No tokenizer could be loaded from %s (%s).", name_or_path, err)
@@ -118,13 +122,21 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
     gguf = kwargs.get("gguf_file")
     if gguf and Path(name).is_dir() and not (Path(name) / gguf).is_file():
         raise CheckpointError(f"GGUF file {gguf} does not exist in {name}; check file_name= and the folder.")
+    if not gguf and (Path(name) / "config.json").is_file():
+        from .checkpoint.verify import check_checkpoint_folder
+
+        check_checkpoint_folder(Path(name))
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except AlphaPruningError:
+        raise
     except OSError as err:
         raise CheckpointError(
-            f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
+            f"Could not load model {model_or_id!r}: {_first_line(err)} "
             "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
         ) from err
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # bad options, unknown or corrupt model
+        raise CheckpointError(f"Could not load model {model_or_id!r}: {_first_line(err)}") from err
     tok_kwargs = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
     model.eval()
     return model, load_tokenizer(name, **tok_kwargs)

@@ -79,7 +79,7 @@ def test_every_block_weight_is_a_prunable_matrix_or_ignored_on_purpose(family):
         assert not ignored
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "alps"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_matrix_reaches_its_target(family, method, tiny_tokenizer):
     model = build(family)

@@ -12,14 +12,15 @@ _LOGIN_HINT = "run `hf auth login`, set the HF_TOKEN environment variable, or pa
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    """Transport failures (no network, DNS, timeouts) of the HTTP client huggingface_hub uses."""
-    errors: list[type[BaseException]] = [OSError]
-    for module in ("httpx2", "httpx"):
+    """Transport errors of the HTTP clients huggingface_hub may use (httpx2, httpx, requests)."""
+    found: list[type[BaseException]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "exceptions")):
         try:
-            errors.append(__import__(module).TransportError)
+            error = getattr(__import__(module), name)
         except (ImportError, AttributeError):
             continue
-    return tuple(errors)
+        found.append(error.RequestException if module == "requests" else error)
+    return tuple(found)
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -104,9 +105,9 @@ def push_folder_to_hub(
         )
     except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
         raise _explain(error, repo_id) from error
-    except _network_errors() as error:
+    except (OSError, *_network_errors()) as error:  # no connection, DNS, TLS, time-out
         raise CheckpointError(
-            f"pushing {repo_id} failed, the Hub could not be reached ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); check the network and retry"
+            f"pushing {repo_id} failed: the Hub could not be reached ({error or type(error).__name__}); "
+            "check the network (or HF_ENDPOINT) and push again with push_folder_to_hub"
         ) from error
     return str(getattr(repo_url, "url", repo_url))

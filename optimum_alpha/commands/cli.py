@@ -14,11 +14,12 @@ import os
 import sys
 from typing import NoReturn, Sequence
 
+from ..interrupts import INTERRUPTED_EXIT_CODE
 from . import analyze, evaluate, prune, push
 from .common import add_verbosity_arguments
 
 USAGE_ERROR = 2
-INTERRUPTED = 130
+INTERRUPTED = INTERRUPTED_EXIT_CODE
 SUBCOMMANDS = (analyze, prune, evaluate, push)
 
 
@@ -104,6 +105,10 @@ def run_command(args: argparse.Namespace) -> int:
     from ..errors import AlphaPruningError
 
     configure_output(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    from ..interrupts import exit_on_interrupt_while_starting
+
+    with exit_on_interrupt_while_starting():  # seconds of torch/transformers imports: Ctrl-C = exit 130 at once
+        from .. import pruner  # noqa: F401  (the import every command but --help pays; --help never gets here)
     try:
         return int(args.handler(args) or 0)
     except AlphaPruningError as exc:
@@ -114,8 +119,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "optimum-alpha") -> int:
     """Entry point of ``optimum-alpha`` and, with ``prog="optimum-cli alpha-prune"``, of the optimum plug-in."""
-    args = build_parser(prog).parse_args(argv)
-    return run_command(args)
+    from ..interrupts import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # `timeout`, `docker stop`, SLURM: stop like a Ctrl-C
+            return run_command(build_parser(prog).parse_args(argv))
+    except KeyboardInterrupt:
+        fail("interrupted", code=INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

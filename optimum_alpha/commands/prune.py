@@ -14,7 +14,6 @@ from .common import (
     add_output_arguments,
     check_device_map,
     check_model_limits,
-    check_output_dir,
     format_memory,
     format_table,
     load_kwargs,
@@ -24,7 +23,7 @@ from .common import (
 )
 
 NAME = "prune"
-HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/magnitude and save it"
+HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/ALPS/magnitude and save it"
 DESCRIPTION = (
     "Load MODEL, measure the heavy-tailed spectrum (alpha) of every block, allocate the global sparsity\n"
     "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
@@ -37,7 +36,7 @@ DESCRIPTION = (
 )
 # Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
 # while the parser is built, and `optimum-cli --help` must stay instant.
-METHODS = ("wanda", "sparsegpt", "magnitude")
+METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
 ALLOCATIONS = ("alpha", "owl", "uniform")
 METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -60,6 +59,10 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "fix_finger": "reference",
     "ignore": None,
     "block_score": "mean",
+    "alps_rho": 0.1,
+    "alps_max_iter": 300,
+    "alps_pcg_iters": 10,
+    "alps_pcg_tol": 1e-4,
 }
 
 
@@ -105,8 +108,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "tokens per calibration window (evaluation windows: --eval-seqlen); None means "
                  "min(2048, model max positions)", type=positive_int, metavar="N")
     _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
-    _config_flag(parser, "--percdamp", "percdamp", "SparseGPT: Hessian dampening, a fraction of its mean diagonal",
-                 type=float, metavar="F")
     _config_flag(parser, "--blocksize", "blocksize", "SparseGPT: columns pruned together", type=positive_int,
                  metavar="N")
     _config_flag(parser, "--owl-threshold", "owl_threshold",
@@ -122,7 +123,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _config_flag(parser, "--block-score", "block_score",
                  "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
                  choices=("mean", "weighted"))
+    _config_flag(parser, "--percdamp", "percdamp",
+                 "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean diagonal", type=float,
+                 metavar="F")
+    _config_flag(parser, "--alps-rho", "alps_rho", "alps: initial ADMM penalty ρ₀", type=float, metavar="R")
+    _config_flag(parser, "--alps-max-iter", "alps_max_iter", "alps: most ADMM iterations per layer",
+                 type=positive_int, metavar="N")
+    _config_flag(parser, "--alps-pcg-iters", "alps_pcg_iters",
+                 "alps: conjugate-gradient iterations refitting the kept weights (0: no refit)", type=int,
+                 metavar="N")
+    _config_flag(parser, "--alps-pcg-tol", "alps_pcg_tol", "alps: relative residual at which the refit stops",
+                 type=float, metavar="T")
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
+    parser.add_argument(
+        "--force-overwrite",
+        action="store_true",
+        help="with an existing --output that is not a checkpoint written by optimum-alpha: replace the "
+        "checkpoint files in it anyway (its other files are kept)",
+    )
     parser.add_argument(
         "--format",
         choices=("sparse", "dense"),
@@ -223,11 +241,14 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
 
 
 def check_before_loading(args: argparse.Namespace):
-    """Everything that can fail without the weights, in the order a user would fix it; returns the config
-    and the output folder."""
+    """Everything that can fail without the weights, in the order a user would fix it; returns the config,
+    the output folder and the overwrite mode."""
     config = resolve_config(args)
+    from ..checkpoint.save import check_save_request
+
     output = args.output if args.output is not None else default_output(args.model, config)
-    check_output_dir(output, args.overwrite)
+    overwrite = "force" if args.force_overwrite else args.overwrite
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -241,7 +262,7 @@ def check_before_loading(args: argparse.Namespace):
         check_push_target(args.push_to_hub)
     check_model_limits(args.model, load_kwargs(args),
                        {"--seqlen": config.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval else None})
-    return config, output
+    return config, output, overwrite
 
 
 def push_or_explain(folder: Path, repo: str, private: bool) -> str:
@@ -257,7 +278,7 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, output = check_before_loading(args)
+    config, output, overwrite = check_before_loading(args)
     start = time.perf_counter()
     stages = Stages(3 + 2 * bool(args.eval) + bool(args.push_to_hub), quiet=args.quiet)
     show = not args.quiet
@@ -282,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         pruner.perplexity.update(ppl)
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=args.overwrite)
+                               overwrite=overwrite)
     print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
