@@ -101,10 +101,14 @@ def load_config(model_id: str | Path, **from_pretrained_kwargs: Any):
     kwargs = {**extra, **from_pretrained_kwargs}
     if "gguf_file" in kwargs:  # transformers reads the whole GGUF file for its config: not a quick check
         return None
+    if (Path(name) / "config.json").is_file():  # a damaged local folder is reported as load_model would
+        from .checkpoint.verify import check_checkpoint_folder
+
+        check_checkpoint_folder(Path(name))
     options = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
     try:
         return AutoConfig.from_pretrained(name, **options)
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 - only an early check: the model load reports the real problem
         logger.info("Config of %s not readable before loading (%s)", model_id, err)
         return None
 
