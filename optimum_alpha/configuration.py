@@ -234,7 +234,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
-        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters, float(self.alps_pcg_tol))
+        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters,
+                           float(self.alps_pcg_tol))
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
