@@ -116,8 +116,8 @@ def build_model_card(
     lines = [
         f"# {Path(str(base_model)).name if base_model else 'Model'} pruned with optimum-alpha",
         "",
-        f"This model was pruned with optimum-alpha: {_allocation_text(allocation, metric, structure)}; inside "
-        f"each layer the `{method}` criterion chose which weights to remove.",
+        f"This model was pruned with optimum-alpha using the `{method}` pruning criterion inside each layer; "
+        f"{_allocation_text(allocation, metric, structure)}.",
         "",
         "| | |",
         "| --- | --- |",
