@@ -292,7 +292,10 @@ def test_metric_does_not_swallow_the_model_and_eval_keeps_hidden_aliases(capsys)
     assert "--eval-dataset" in help_text and "--dataset" not in help_text.replace("--eval-dataset", "")
 
 
-def test_dtype_flag_saves_a_bfloat16_folder(tiny_folder, tmp_path, capsys):
+def test_dtype_flag_saves_a_bfloat16_folder(tiny_folder, tmp_path, capsys, monkeypatch):
+    for variable, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                            ("TRANSFORMERS_VERBOSITY", "error")):
+        monkeypatch.setenv(variable, value)  # what -q sets, undone after this in-process run
     out_dir = tmp_path / "bf16"
     code, out, err = run(["prune", tiny_folder, "--method", "magnitude", "--allocation", "uniform", "--dtype",
                           "bfloat16", "--output", out_dir, "-q"], capsys)
