@@ -120,8 +120,8 @@ def check_field_types(config: Any) -> None:
     """Check (and normalise) every dataclass field of ``config`` by its declared type; fields added later
     are covered without further code."""
     hints = typing.get_type_hints(type(config))
-    for field in fields(config):
-        setattr(config, field.name, _coerce(field.name, getattr(config, field.name), hints.get(field.name, Any)))
+    for spec in fields(config):
+        setattr(config, spec.name, _coerce(spec.name, getattr(config, spec.name), hints.get(spec.name, Any)))
 
 
 @dataclass(repr=False)
