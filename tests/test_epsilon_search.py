@@ -130,6 +130,7 @@ def test_cli_prune_with_auto_epsilon_prints_and_saves_the_sweep(tmp_path, tiny_t
     out = tmp_path / "out"
     args = parser.parse_args([str(folder), "--sparsity", "0.6", "--epsilon", "auto", "--epsilon-grid", "0.1",
                               "0.5", "--heldout", "2", "--nsamples", "2", "--seqlen", "32", "--output", str(out)])
+    args.quiet, args.verbose = False, False  # set by the top-level parser
     assert prune_cmd.run(args) == 0
     assert "epsilon auto: chose" in capsys.readouterr().out
     saved = json.loads((out / "alpha_pruning.json").read_text())
