@@ -196,6 +196,10 @@ class AlphaPruner(OptimumQuantizer):
         Every weight is checked for NaN/Inf before block 0 is touched. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
+        if config.structure == "width":  # heads and channels go first (then, optionally, the code below)
+            from .structured import prune_structured
+
+            return prune_structured(self, config, show_progress)
         start = time.perf_counter()
         for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
             with align_module_device(layer):
@@ -310,6 +314,7 @@ class AlphaPruner(OptimumQuantizer):
             "layers": report.layers if report else {},
             "total_sparsity": report.total_sparsity if report else None,
             "calibration": report.calibration if report else {},
+            "structured": report.structured if report else [],
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],
         }

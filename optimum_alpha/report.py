@@ -32,6 +32,8 @@ class PruningReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     completed: bool = False
+    # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
+    structured: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_sparsity(self) -> float:

@@ -115,6 +115,13 @@ class AlphaSparseHfQuantizer(HfQuantizer):
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return False
 
+    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first."""
+        from ..structured.checkpoint import resize_from_config
+
+        resize_from_config(model, required=False)
+        return model
+
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         """Forget our load-only converters: the model is dense now, and ``save_pretrained`` would
         otherwise try to reverse them (they have no reverse) when writing a new checkpoint."""
@@ -136,21 +143,21 @@ class AlphaSparseHfQuantizer(HfQuantizer):
         return True
 
 
-def _already_registered() -> bool:
+def _already_registered(method: str, config_cls: type, quantizer_cls: type) -> bool:
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
     return (
-        AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is AlphaSparseConfig
-        and AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is AlphaSparseHfQuantizer
+        AUTO_QUANTIZATION_CONFIG_MAPPING.get(method) is config_cls
+        and AUTO_QUANTIZER_MAPPING.get(method) is quantizer_cls
     )
 
 
-def register() -> None:
-    """Register the config and quantizer with transformers under ``quant_method="alpha_sparse"``.
+def register_method(method: str, config_cls: type, quantizer_cls: type) -> None:
+    """Register a config and quantizer with transformers under ``quant_method=method``.
 
     Idempotent: transformers' ``register_*`` helpers refuse a second registration, so we check first.
     """
-    if _already_registered():
+    if _already_registered(method, config_cls, quantizer_cls):
         return
     from transformers.quantizers.auto import (
         AUTO_QUANTIZATION_CONFIG_MAPPING,
@@ -159,13 +166,20 @@ def register() -> None:
         register_quantizer,
     )
 
-    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(QUANT_METHOD)(AlphaSparseConfig)
-    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(QUANT_METHOD)(AlphaSparseHfQuantizer)
-    if not _already_registered():
+    if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(method)(config_cls)
+    if method not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(method)(quantizer_cls)
+    if not _already_registered(method, config_cls, quantizer_cls):
         raise RuntimeError(
-            f"another package registered quant_method {QUANT_METHOD!r} with transformers; "
-            "optimum-alpha cannot load its sparse checkpoints alongside it"
+            f"another package registered quant_method {method!r} with transformers; "
+            "optimum-alpha cannot load its checkpoints alongside it"
         )
 
+
+def register() -> None:
+    """Register ``alpha_sparse`` (bitmask weights) and ``alpha_width`` (per-block widths) with transformers."""
+    from ..structured.checkpoint import AlphaWidthConfig, AlphaWidthHfQuantizer, WIDTH_QUANT_METHOD
+
+    register_method(QUANT_METHOD, AlphaSparseConfig, AlphaSparseHfQuantizer)
+    register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)

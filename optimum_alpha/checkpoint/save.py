@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..structured.checkpoint import add_width_quantization_config
 from .model_card import build_model_card
 from .sparse_files import compress_folder, write_quantization_config
 
@@ -190,6 +191,7 @@ def _write_folder(
             sparsity = data.get("achieved_sparsity")
             write_quantization_config(folder, compressed, sparsity, data["library_version"])
         data["compressed_modules"] = len(compressed)
+    add_width_quantization_config(folder, data["library_version"])  # blocks of different widths
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
