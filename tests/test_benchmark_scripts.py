@@ -61,3 +61,21 @@ def test_checkpoint_size_table_shows_sparse_smaller_and_exact(tiny_folder, monke
     sparsity, _, dtype, dense_mb, sparse_mb, ratio, _, exact = rows[0]
     assert (sparsity, dtype, exact) == ("90%", "float32", "yes")
     assert float(ratio) < 1.0
+
+
+def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
+    from benchmarks import structured
+
+    text = structured.main(
+        ["--fractions", "0.3", "--quality-fraction", "0.3", "--nsamples", "2", "--seqlen", "32",
+         "--speed-nsamples", "2", "--eval-seqlen", "32", "--max-windows", "1", "--prefill", "16",
+         "--decode-tokens", "2", "--repeats", "1"],
+        model_factory=lambda: (make_tiny_model("llama", layers=2), tiny_tokenizer),
+    )
+    tables = text.split("| model |")
+    quality, speed = data_rows(tables[0]), data_rows("| model |" + tables[1])
+    assert [row[:2] for row in quality[1:]] == [["uniform", "refit"], ["uniform", "slice only"],
+                                                ["alpha", "refit"], ["alpha", "slice only"]]
+    assert all(float(row[3]) > 1 for row in quality)
+    assert [row[0] for row in speed] == ["dense", "uniform 30%", "alpha 30%"]
+    assert all(float(row[2]) == pytest.approx(0.3, abs=0.05) for row in speed[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -205,3 +206,21 @@ def test_width_only_options_need_structure_width():
         AlphaPruningConfig(structure="depth")
     with pytest.raises(ConfigError, match="granularity='block'"):
         AlphaPruningConfig(structure="width", granularity="matrix")
+
+
+def test_cli_prunes_to_a_smaller_folder_that_from_pretrained_loads(tiny_tokenizer, tmp_path, capsys):
+    from optimum_alpha.commands.cli import main
+
+    source = tmp_path / "tiny"
+    make_model("qwen3").save_pretrained(source)
+    tiny_tokenizer.save_pretrained(source)
+    code = main(["prune", str(source), "--structure", "width", "--sparsity", "0.3", "--allocation", "alpha",
+                 "--nsamples", "2", "--seqlen", "32", "--output", str(tmp_path / "out")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Block widths kept" in out
+    assert float(re.search(r"block weights removed: ([0-9.]+)", out).group(1)) == pytest.approx(0.3, abs=0.03)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    original = AutoModelForCausalLM.from_pretrained(source)
+    removed = 1 - sum(block_params(loaded)) / sum(block_params(original))
+    assert removed == pytest.approx(0.3, abs=0.03)

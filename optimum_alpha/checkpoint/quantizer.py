@@ -103,17 +103,33 @@ def _is_ours(conversion: Any) -> bool:
     return any(isinstance(op, AlphaSparseDecompress) for op in getattr(conversion, "operations", ()))
 
 
-class AlphaSparseHfQuantizer(HfQuantizer):
+class LoadOnlyQuantizer(HfQuantizer):
+    """Base of optimum-alpha's loaders: nothing is quantized, checkpoints only load in a special way."""
+
+    requires_calibration = True  # a dense model cannot be "quantized" to these formats on load
+
+    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
+        return False
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
-    requires_calibration = True  # a dense model cannot be "quantized" to alpha_sparse on load
     serialized_names = {".weight": list(_SOURCE_PATTERNS.values())}
 
     def get_load_operations(self) -> dict:
         return {"deserialize": AlphaSparseDecompress, "dequantize": AlphaSparseDecompress}
-
-    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
-        return False
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first."""
@@ -130,17 +146,6 @@ class AlphaSparseHfQuantizer(HfQuantizer):
             if conversions:
                 module._weight_conversions = [c for c in conversions if not _is_ours(c)]
         return model
-
-    def is_serializable(self) -> bool:
-        return True
-
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
 
 
 def _already_registered(method: str, config_cls: type, quantizer_cls: type) -> bool:

@@ -50,7 +50,13 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "seqlen": None,
     "seed": 0,
     "nm": None,
+    "structure": "unstructured",
+    "unstructured_sparsity": None,
+    "structured_refit": True,
+    "head_sparsity": None,
+    "prune_kv_groups": None,
 }
+STRUCTURES = ("unstructured", "width")
 
 
 def _config_flag(parser: argparse.ArgumentParser, flag: str, field: str, help: str, **kwargs: Any) -> None:
@@ -86,6 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "semi-structured sparsity: N:M such as 2:4 (N kept per M weights, ignores --sparsity) or "
                  "mixed:M such as mixed:8 (each block gets its own N from --allocation)",
                  metavar="N:M|mixed:M")
+    _config_flag(parser, "--structure", "structure",
+                 "unstructured: zeros inside the weights; width: remove whole attention heads and MLP channels "
+                 "(--sparsity of the block weights) for a smaller dense model", choices=STRUCTURES)
+    _config_flag(parser, "--unstructured-sparsity", "unstructured_sparsity",
+                 "with --structure width: then zero this fraction of the remaining weights with --method",
+                 type=float, metavar="S")
+    _config_flag(parser, "--head-sparsity", "head_sparsity",
+                 "with --structure width: fraction of query heads per KV group (or of groups) removed in "
+                 "every block; default: each block's own share", type=float, metavar="S")
+    parser.add_argument("--prune-kv-groups", dest="prune_kv_groups", action="store_const", const=True,
+                        default=None, help="with --structure width: remove whole key/value groups, not query "
+                        "heads inside each group (default: off, except for multi-head attention)")
+    parser.add_argument("--no-refit", dest="structured_refit", action="store_const", const=False, default=None,
+                        help="with --structure width: only slice o_proj/down_proj, no least-squares refit (default: refit)")
     _config_flag(parser, "--calibration", "calibration_dataset",
                  "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
                  metavar="c4|wikitext2|PATH")
@@ -126,8 +146,11 @@ def resolve_config(args: argparse.Namespace):
 
 
 def default_output(model: str, config) -> Path:
-    """``outputs/<model>-<allocation>-<method>-<percent>``, e.g. ``outputs/smollm2-135m-alpha-wanda-50``."""
+    """``outputs/<model>-<allocation>-<method>-<percent>``, e.g. ``outputs/smollm2-135m-alpha-wanda-50``
+    (``<model>-<allocation>-width-<percent>`` for width pruning)."""
     percent = f"{config.sparsity * 100:g}".replace(".", "p")
+    if config.structure == "width" and not config.sparsifies_after_width:
+        return Path("outputs") / f"{model_slug(model)}-{config.allocation}-width-{percent}"
     return Path("outputs") / f"{model_slug(model)}-{config.allocation}-{config.method}-{percent}"
 
 
@@ -143,13 +166,22 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
     score_name = {"alpha": config.metric, "owl": "outlier_ratio"}.get(config.allocation, "score")
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
+    width_only = config.structure == "width" and not config.sparsifies_after_width
     print()
-    print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
-    print(format_table(["block", score_name, "allocated", "achieved"], rows))
+    if report.structured:
+        print("Block widths kept (query heads, key/value heads, MLP channels) and share of block weights removed:")
+        print(format_table(["block", "heads", "kv heads", "channels", "allocated", "removed"], [
+            [s["index"], s["width"]["num_attention_heads"], s["width"]["num_key_value_heads"],
+             s["width"]["intermediate_size"], s["target_fraction"], s["removed_fraction"]]
+            for s in report.structured]))
+    if not width_only:
+        print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
+        print(format_table(["block", score_name, "allocated", "achieved"], rows))
     # The target comes from the blocks, not config.sparsity, which an N:M pattern overrides.
     params = sum(b.num_params for b in report.blocks) or 1
     target = sum(b.target_sparsity * b.num_params for b in report.blocks) / params
-    print(f"total sparsity: {report.total_sparsity:.4f} (target {target:.4f})")
+    label = "block weights removed" if width_only else "total sparsity"
+    print(f"{label}: {report.total_sparsity:.4f} (target {target:.4f})")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
@@ -181,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         with stages.stage(f"Perplexity of the dense model on {args.eval_dataset}"):
             ppl["before"] = pruner.perplexity["dense"] = _perplexity(pruner, args, config.seqlen)
         print(f"perplexity before pruning: {ppl['before']:.3f}", flush=True)
-    with stages.stage(f"Pruning to {config.sparsity:.0%} ({config.allocation} allocation, {config.method})"):
+    what = "width" if config.structure == "width" else config.method
+    with stages.stage(f"Pruning to {config.sparsity:.0%} ({config.allocation} allocation, {what})"):
         _, report = pruner.prune(config)
     if args.eval:
         with stages.stage(f"Perplexity of the pruned model on {args.eval_dataset}"):

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
-from transformers.quantizers import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..checkpoint.quantizer import LoadOnlyQuantizer
 from ..errors import CheckpointError
 from ..model_utils import find_blocks
 from .apply import resize_blocks
@@ -91,25 +91,9 @@ class AlphaWidthConfig(QuantizationConfigMixin):
         return data
 
 
-class AlphaWidthHfQuantizer(HfQuantizer):
+class AlphaWidthHfQuantizer(LoadOnlyQuantizer):
     """Gives each block its saved shape before loading; the weights themselves load unchanged."""
-
-    requires_calibration = True
-
-    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
-        return False
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         resize_from_config(model)
         return model
-
-    def is_serializable(self) -> bool:
-        return True
-
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
