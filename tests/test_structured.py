@@ -224,3 +224,18 @@ def test_cli_prunes_to_a_smaller_folder_that_from_pretrained_loads(tiny_tokenize
     original = AutoModelForCausalLM.from_pretrained(source)
     removed = 1 - sum(block_params(loaded)) / sum(block_params(original))
     assert removed == pytest.approx(0.3, abs=0.03)
+
+
+@pytest.mark.real_model
+def test_smollm2_width_30_percent_saves_smaller_and_loads_identically(tmp_path):
+    """Uniform shares (a plain config, no plug-in needed); the alpha path is covered on tiny models."""
+    pytest.importorskip("gguf")
+    pruner = AlphaPruner.from_pretrained("smollm2-135m", show_progress=False, run_analysis=False)
+    before = sum(block_params(pruner.model))
+    config = AlphaPruningConfig(structure="width", sparsity=0.3, allocation="uniform", nsamples=2, seqlen=64)
+    model, report = pruner.prune(config, show_progress=False)
+    assert 1 - sum(block_params(model)) / before == pytest.approx(0.3, abs=2e-3)
+    pruner.save_pretrained(tmp_path / "out", format="dense")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.arange(1, 41)[None, :]
+    assert torch.equal(logits(loaded, ids), logits(model, ids))
