@@ -237,3 +237,11 @@ def test_smollm2_width_30_percent_saves_smaller_and_loads_identically(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     ids = torch.arange(1, 41)[None, :]
     assert torch.equal(logits(loaded, ids), logits(model, ids))
+
+
+def test_zero_fraction_leaves_the_model_unchanged(tiny_tokenizer):
+    model = make_model("llama")
+    ids = torch.randint(0, TINY_VOCAB, (1, 16))
+    expected = logits(model, ids)
+    prune(model, tiny_tokenizer, sparsity=0.0, allocation="uniform")
+    assert torch.equal(logits(model, ids), expected)

@@ -97,7 +97,9 @@ def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: 
     new = {}
     for name, weight, gram, keep in (("o_proj", o_weight, o_gram, o_columns),
                                      ("down_proj", down_weight, down_gram, channels)):
-        if config.structured_refit:
+        if len(keep) == weight.shape[1]:  # nothing removed: the ridge would only perturb the weights
+            new[name] = weight.clone()
+        elif config.structured_refit:
             new[name] = refit(weight, gram, keep, config.structured_damp)
         else:
             new[name] = weight[:, keep.to(weight.device)]
