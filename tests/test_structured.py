@@ -108,6 +108,10 @@ def test_save_and_load_gives_identical_logits(kind, allocation, tiny_tokenizer, 
     else:
         assert config["quantization_config"]["quant_method"] == "alpha_width"
         assert len(config["alpha_block_widths"]) == 3
+        card = (tmp_path / "out" / "README.md").read_text()
+        assert "Loading needs `optimum-alpha`" in card and "width pruning, least-squares refit" in card
+        removed = float(re.search(r"([0-9.]+) of the block weights", card).group(1))
+        assert removed == pytest.approx(0.4, abs=0.01)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
     assert torch.equal(logits(loaded, ids), expected)

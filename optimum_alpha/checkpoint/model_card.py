@@ -41,6 +41,21 @@ model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
 > type and stops with a size-mismatch error on one marker weight. Never pass `ignore_mismatched_sizes=True`
 > to get past it: the Linear weights would be left randomly initialised.
 """
+    if fmt == "width":
+        return f"""Attention heads and MLP channels were removed, and the blocks have different widths
+(`alpha_block_widths` in `config.json`). **Loading needs `optimum-alpha`**: importing it registers the
+`alpha_width` loader, which gives every block its own shape before the weights load.
+
+```python
+import optimum_alpha  # registers quant_method "alpha_width" with transformers
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
+```
+
+> **Without `optimum-alpha` this checkpoint does not load** (a size-mismatch error); never pass
+> `ignore_mismatched_sizes=True`, the smaller weights would be replaced by random ones.
+"""
     return f"""The weights are ordinary safetensors with the pruned entries stored as zeros; nothing beyond
 transformers is needed:
 
@@ -81,11 +96,16 @@ def build_model_card(
     target = config.get("sparsity")
     achieved = metadata.get("achieved_sparsity")
     perplexity = metadata.get("perplexity") or {}
+    width_only = config.get("structure") == "width" and config.get("unstructured_sparsity") is None \
+        and not config.get("nm")
+    if width_only:  # no zeros inside the weights: whole heads and channels are gone
+        method = "width pruning, " + ("least-squares refit" if config.get("structured_refit", True) else "slice only")
+        achieved = None
     lines = [
         f"# {Path(str(base_model)).name if base_model else 'Model'} pruned with AlphaPruning",
         "",
         f"This model was pruned with optimum-alpha (AlphaPruning layer-wise sparsity "
-        f"allocation from weight eigenspectra, metric `{metric}`) using the `{method}` pruning criterion.",
+        f"allocation from weight eigenspectra, metric `{metric}`) using `{method}`.",
         "",
         "| | |",
         "| --- | --- |",
@@ -96,6 +116,11 @@ def build_model_card(
         f"| checkpoint format | {fmt} |",
         f"| optimum-alpha version | {metadata.get('library_version', 'unknown')} |",
     ]
+    structured = metadata.get("structured") or []
+    if structured and all("params" in b for b in structured):
+        removed = sum(b["removed_fraction"] * b["params"] for b in structured) / sum(b["params"] for b in structured)
+        lines.append(f"| structure | width: whole attention heads and MLP channels removed, "
+                     f"{_fmt(removed)} of the block weights |")
     if perplexity.get("dense") is not None or perplexity.get("pruned") is not None:
         dataset = perplexity.get("dataset") or "evaluation set"
         lines.append(

@@ -191,12 +191,12 @@ def _write_folder(
             sparsity = data.get("achieved_sparsity")
             write_quantization_config(folder, compressed, sparsity, data["library_version"])
         data["compressed_modules"] = len(compressed)
-    add_width_quantization_config(folder, data["library_version"])  # blocks of different widths
+    card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
     chart = _write_chart(folder, data)
-    build_model_card(data, fmt=fmt, chart_file=chart).save(folder / "README.md")
+    build_model_card(data, fmt=card_format, chart_file=chart).save(folder / "README.md")
 
 
 def save_pruned(

@@ -106,7 +106,8 @@ def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: 
         new[f"{name}_error"] = reconstruction_error(weight, gram, new[name], keep)
     with hold_interrupts():  # a Ctrl-C lands once the block is whole again
         width = shrink_block(layout, kept_q, kept_kv, channels, new["o_proj"], new["down_proj"])
-    return {"index": index, "width": width.to_dict(), "removed_fraction": 1.0 - layout.params(width) / layout.params(),
+    return {"index": index, "width": width.to_dict(), "params": layout.params(),
+            "removed_fraction": 1.0 - layout.params(width) / layout.params(),
             "o_proj_error": new["o_proj_error"], "down_proj_error": new["down_proj_error"]}
 
 
