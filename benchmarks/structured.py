@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefill", type=int, default=512, help="prompt length of the prefill timing")
     parser.add_argument("--decode-tokens", type=int, default=64, help="new tokens of the decode timing")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--head-sparsity", type=float, default=None,
+                        help="fraction of query heads removed per group in every block (default: the block's share)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the perplexity table")
     return parser.parse_args(argv)
 
 
@@ -75,7 +78,8 @@ class Dense:
         pruner = AlphaPruner(copy.deepcopy(self.pruner.model), self.pruner.tokenizer, self.pruner.source)
         pruner.esd_report = self.pruner.esd_report  # of the dense weights, as the allocation needs
         config = AlphaPruningConfig(structure="width", sparsity=fraction, allocation=allocation,
-                                    structured_refit=refit, nsamples=nsamples, seqlen=self.args.seqlen)
+                                    structured_refit=refit, nsamples=nsamples, seqlen=self.args.seqlen,
+                                    head_sparsity=self.args.head_sparsity)
         start = time.perf_counter()
         pruner.prune(config, show_progress=False)
         return pruner, time.perf_counter() - start
@@ -180,12 +184,13 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     dense = Dense(args, model_factory)
     quality, refitted = quality_table(dense, args)
     print(quality, flush=True)
-    speed = speed_table(dense, refitted, args)
+    speed = "(not run: --skip-speed)" if args.skip_speed else speed_table(dense, refitted, args)
     command = "OMP_NUM_THREADS=1 python benchmarks/structured.py " + shlex.join(argv or sys.argv[1:])
     text = "\n\n".join([
         f"{datetime.date.today()}, `{command.strip()}`, {machine_description()}, {time.perf_counter() - start:.0f} s",
         f"Calibration: {args.nsamples} C4 windows x {args.seqlen} tokens; WikiText-2 test, {args.max_windows} "
-        f"windows x {args.eval_seqlen} tokens; {args.quality_fraction:.0%} of block weights removed.",
+        f"windows x {args.eval_seqlen} tokens; {args.quality_fraction:.0%} of block weights removed; head_sparsity "
+        f"{args.head_sparsity if args.head_sparsity is not None else 'the block share'}.",
         quality,
         f"Speed: batch 1, {torch.get_num_threads()} thread(s), median of {args.repeats} interleaved repeats; "
         "models loaded back from their saved folders with AutoModelForCausalLM.from_pretrained.",
