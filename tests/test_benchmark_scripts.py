@@ -79,3 +79,4 @@ def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
     assert all(float(row[3]) > 1 for row in quality)
     assert [row[0] for row in speed] == ["dense", "uniform 30%", "alpha 30%"]
     assert all(float(row[2]) == pytest.approx(0.3, abs=0.05) for row in speed[1:])
+    assert len(speed[0]) == 8
