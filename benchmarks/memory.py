@@ -57,14 +57,14 @@ def reset_peak_rss() -> bool:
 
 def sizes(pruner, nsamples: int, seqlen: int, method: str) -> dict[str, int]:
     """Bytes of the model, of its largest block, of one set of block inputs and of one block's statistics."""
-    from optimum_alpha.model_utils import find_prunable_layers, weight_matrix
+    from optimum_alpha.matrices import model_weights
 
     model = pruner.model
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     block_bytes = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in pruner.blocks)
     hidden = model.get_input_embeddings().weight.shape[1]
     dtype_size = model.get_input_embeddings().weight.element_size()
-    inputs = [weight_matrix(layer).shape[1] for layer in find_prunable_layers(pruner.blocks[0], 0).values()]
+    inputs = [m.shape[1] for m in model_weights(model)[1][0].matrices]
     statistics = {"magnitude": 0, "wanda": 4 * sum(inputs), "sparsegpt": 4 * sum(n * n for n in inputs)}[method]
     return {"model": model_bytes, "block": block_bytes, "activations": nsamples * seqlen * hidden * dtype_size,
             "statistics": statistics}

@@ -5,6 +5,7 @@ windows x 512 tokens, seed 0). Every table comes from one command, e.g.::
 
     python benchmarks/quality.py --table 1      # magnitude/Wanda/SparseGPT x uniform/OWL/alpha
     python benchmarks/quality.py --table 2      # Wanda 70 %, allocation driven by each metric
+    python benchmarks/quality.py --table solver # SparseGPT vs ALPS x uniform/alpha, with pruning times
     python benchmarks/quality.py --table eps --plot docs/img/eps_sweep.png
     python benchmarks/quality.py --table eps --max-sparsity none 0.95 1.0 --granularity block matrix \
         --seeds 0 1 2
@@ -198,6 +199,41 @@ def table_main(runner: Runner, args: argparse.Namespace) -> str:
     return markdown_table(headers, rows) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+def table_solver(runner: Runner, args: argparse.Namespace) -> str:
+    """Layer solvers compared (default SparseGPT vs ALPS): perplexity and pruning time of each method x
+    allocation x sparsity, then the second method's perplexity and time relative to the first's."""
+    bound = args.max_sparsity[0]
+    base, other = args.methods[0], args.methods[-1]
+    sparsities = sorted(args.sparsities)
+    headers = ["method", "allocation"] + [f"{s:.0%}" for s in sparsities]
+    rows: list[list[Any]] = [["dense", "-"] + [f"{runner.dense():.2f}"] * len(sparsities)]
+    runs: dict[tuple, dict] = {}
+    # Runs go in the order the sparsities and allocations were given, every method of a cell before the
+    # next cell, so that a stopped job still leaves comparable pairs in its log.
+    for sparsity in args.sparsities:
+        for allocation in args.allocations:
+            for method in args.methods:
+                runs[(method, allocation, sparsity)] = runner.run(method, allocation, sparsity, args.seeds[0],
+                                                                  bound=bound)
+    for method in args.methods:
+        for allocation in args.allocations:
+            cells = [runs[(method, allocation, s)] for s in sparsities]
+            cells = [f"{r['perplexity']:.2f} ({r['prune_s']:.0f} s)" for r in cells]
+            rows.append([method, allocation] + cells)
+    ratio_rows = []
+    for allocation in args.allocations:
+        ppl, time_ = [], []
+        for sparsity in sparsities:
+            a, b = runs[(other, allocation, sparsity)], runs[(base, allocation, sparsity)]
+            ppl.append(f"{a['perplexity'] / b['perplexity']:.2f}x")
+            time_.append(f"{a['prune_s'] / b['prune_s']:.1f}x")
+        ratio_rows += [[f"{other}/{base} perplexity", allocation] + ppl,
+                       [f"{other}/{base} pruning time", allocation] + time_]
+    title = f"cells: WikiText-2 perplexity (pruning time); seed {args.seeds[0]}, bound {bound_label(bound)}"
+    return (title + "\n\n" + markdown_table(headers, rows) + "\n\n"
+            + markdown_table(["ratio", "allocation"] + headers[2:], ratio_rows))
+
+
 def table_metrics(runner: Runner, args: argparse.Namespace) -> str:
     """Table 2: one method at one sparsity, allocation driven by each metric, and uniform."""
     method, sparsity, bound = args.methods[0], args.sparsities[0], args.max_sparsity[0]
@@ -241,10 +277,8 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
     from optimum_alpha import AlphaPruningConfig
 
     pruner, sparsity, metric = runner.session.pruner, args.sparsities[0], args.metrics[0]
-    layers = pruner._layer_names()
-    sizes = [0] * len(pruner.blocks)
-    for i, _, layer in layers:
-        sizes[i] += layer.weight.numel()
+    blocks = pruner.block_weights()
+    sizes = [sum(m.numel for m in block.matrices) for block in blocks]
     columns, headers = [], ["block", metric]
     for granularity in args.granularity:
         for bound in args.max_sparsity:
@@ -255,8 +289,9 @@ def table_allocation(runner: Runner, args: argparse.Namespace) -> str:
                 with reference_allocation() if bound is None else contextlib.nullcontext():
                     targets, _ = pruner.allocate(config)
                 per_block = [0.0] * len(pruner.blocks)
-                for i, name, layer in layers:
-                    per_block[i] += targets[name] * layer.weight.numel() / sizes[i]
+                for i, block in enumerate(blocks):
+                    for matrix in block.matrices:
+                        per_block[i] += targets[matrix.name] * matrix.numel / sizes[i]
                 columns.append(per_block)
                 headers.append(f"{granularity[0]} {bound_label(bound)} ε{epsilon:g}")
     scores = [b.metrics[metric] for b in pruner.esd_report.blocks]
@@ -300,13 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--table", choices=["1", "2", "eps", "alloc"], default="1",
-                   help="alloc: per-block allocations only (ESD, no pruning)")
+    p.add_argument("--table", choices=["1", "2", "eps", "alloc", "solver"], default="1",
+                   help="alloc: per-block allocations only (ESD, no pruning); solver: layer solvers compared "
+                        "(perplexity, pruning time and their ratios; default sparsegpt vs alps)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="default: magnitude wanda sparsegpt (table 1), wanda (tables 2 and eps)")
-    p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "alpha"])
+                   help="default: magnitude wanda sparsegpt (table 1), sparsegpt alps (solver), wanda (tables 2 "
+                        "and eps)")
+    p.add_argument("--allocations", nargs="+", default=None,
+                   help="default: uniform owl alpha (uniform alpha for the solver table)")
     p.add_argument("--sparsities", type=float, nargs="+", default=None,
-                   help="default: 0.5 0.6 0.7 0.8 (table 1), 0.7 (tables 2 and eps)")
+                   help="default: 0.5 0.6 0.7 0.8 (table 1), 0.6 0.7 0.8 0.9 (solver), 0.7 (tables 2 and eps)")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="default: all six (table 2), alpha_hill (other tables)")
     p.add_argument("--epsilon", type=float, default=0.3, help="ε of tables 1 and 2")
@@ -330,9 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None = None) -> str:
     args = build_parser().parse_args(argv)
-    table_one = args.table == "1"
-    args.methods = args.methods or (["magnitude", "wanda", "sparsegpt"] if table_one else ["wanda"])
-    args.sparsities = args.sparsities or ([0.5, 0.6, 0.7, 0.8] if table_one else [0.7])
+    table_one, solver = args.table == "1", args.table == "solver"
+    args.methods = args.methods or (["magnitude", "wanda", "sparsegpt"] if table_one
+                                    else ["sparsegpt", "alps"] if solver else ["wanda"])
+    args.sparsities = args.sparsities or ([0.5, 0.6, 0.7, 0.8] if table_one
+                                          else [0.6, 0.7, 0.8, 0.9] if solver else [0.7])
+    args.allocations = args.allocations or (["uniform", "alpha"] if solver else ["uniform", "owl", "alpha"])
     args.metrics = args.metrics or (list(ALL_METRICS) if args.table == "2" else ["alpha_hill"])
     session = Session(args.model, factory=model_factory, show_progress=args.progress)
     runner = Runner(session, args)
@@ -341,6 +382,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
         body = table_main(runner, args)
     elif args.table == "2":
         body = table_metrics(runner, args)
+    elif solver:
+        body = table_solver(runner, args)
     elif args.table == "alloc":
         body = table_allocation(runner, args)
     else:

@@ -70,11 +70,9 @@ def naive_alpha(weight: torch.Tensor) -> float:
 
 
 def prunable_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    from optimum_alpha.model_utils import find_blocks, find_prunable_layers, weight_matrix
+    from optimum_alpha.matrices import model_weights
 
-    path, blocks = find_blocks(model)
-    return [(f"{path}.{i}.{name}", weight_matrix(layer))
-            for i, block in enumerate(blocks) for name, layer in find_prunable_layers(block, i).items()]
+    return [(m.name, m.read()) for block in model_weights(model)[1] for m in block.matrices]
 
 
 def _timed_map(function: Callable, items: Sequence) -> tuple[list, float]:
@@ -197,19 +195,21 @@ def _timed(bucket: dict[str, float], label: Callable[..., str] | str) -> Callabl
 def stage_timers(method: str) -> Iterator[dict[str, float]]:
     """Time the pruning stages of ``AlphaPruner.prune`` by wrapping what it calls."""
     import optimum_alpha.pruner as pruner_module
+    import optimum_alpha.statistics as statistics_module
     from optimum_alpha.pruner import AlphaPruner
     from optimum_alpha.pruning import get_pruner_class
 
     layer_cls = get_pruner_class(method)
     times: dict[str, float] = defaultdict(float)
 
-    def run_block_label(block: Any, inputs: Any, keep_outputs: bool = True) -> str:
+    def run_block_label(block: Any, inputs: Any, block_index: int, keep_outputs: bool = True) -> str:
         return "propagation" if keep_outputs else "statistics_forward"
 
     patches = [
         (pruner_module, "calibration_windows", _timed(times, "calibration_io")),
         (pruner_module, "capture_block_inputs", _timed(times, "capture")),
         (pruner_module, "run_block", _timed(times, run_block_label)),
+        (statistics_module, "run_block", _timed(times, run_block_label)),
         (layer_cls, "add_batch", _timed(times, "statistics_accumulate")),
         (layer_cls, "prune", _timed(times, "mask_solver")),
         (AlphaPruner, "_write_block", _timed(times, "write")),
@@ -228,11 +228,11 @@ def forward_floor(session: Session, nsamples: int, seqlen: int, seed: int) -> fl
 
     session.restore()
     ids = calibration_windows(session.tokenizer, "c4", nsamples, seqlen, seed)
-    inputs = capture_block_inputs(session.model, session.pruner.blocks[0], ids)
+    inputs = capture_block_inputs(session.model, session.pruner.blocks, ids)
     start = time.perf_counter()
     with torch.no_grad():
-        for block in session.pruner.blocks:
-            inputs.hidden_states = run_block(block, inputs)
+        for index, block in enumerate(session.pruner.blocks):
+            inputs.hidden_states = run_block(block, inputs, index)
     return time.perf_counter() - start
 
 

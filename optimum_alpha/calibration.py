@@ -1,15 +1,17 @@
-"""Sequential calibration: capture what block 0 receives, then replay blocks one at a time.
+"""Sequential calibration: capture what every block receives in one dense pass, then replay blocks one at a time.
 
-Current transformers passes ``position_embeddings``, masks that may be None, ``position_ids`` and cache
-flags as keyword arguments to every decoder layer, and the set differs between architectures and versions.
-So nothing is listed here: a forward pre-hook records *all* positional and keyword arguments of block 0,
-and every block is replayed with exactly those.
+transformers 5 gives each decoder layer its own arguments: ``attention_mask=causal_mask_mapping[layer_types[i]]``
+(sliding-window and full-attention layers get different masks) and, in Gemma 3, per-type
+``position_embeddings``. So nothing is listed here and nothing is shared by assumption: a forward pre-hook on
+*every* block records all of its positional and keyword arguments except the hidden states, and each block is
+replayed with exactly its own. Tensors are interned (one copy of each distinct value, compared by identity
+first), so thirty blocks that receive the same mask store it once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -32,14 +34,9 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Structural equality of interned arguments: equal tensors are the same object after interning."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.device == b.device
-            and torch.equal(a, b)
-        )
+        return a is b
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -47,18 +44,42 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or a == b
 
 
-@dataclass
-class BlockInputs:
-    """Hidden states entering the current block, one tensor per calibration sample, plus the extra
-    arguments every block receives. Identical extras (the usual case: same length, no padding) are stored
-    once, so a 4-D attention mask does not cost one copy per sample."""
+class _Interner:
+    """One stored copy per distinct tensor value: identity first, then value equality among the few kept."""
 
-    hidden_states: list[torch.Tensor] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.kept: list[torch.Tensor] = []
+
+    def __call__(self, value: Any, seen: dict[int, torch.Tensor]) -> Any:
+        if isinstance(value, torch.Tensor):
+            if id(value) in seen:
+                return seen[id(value)]
+            detached = value.detach()
+            for kept in self.kept:
+                if kept.shape == detached.shape and kept.dtype == detached.dtype and kept.device == detached.device \
+                        and torch.equal(kept, detached):
+                    seen[id(value)] = kept
+                    return kept
+            self.kept.append(detached)
+            seen[id(value)] = detached
+            return detached
+        if isinstance(value, tuple):
+            return tuple(self(v, seen) for v in value)
+        if isinstance(value, list):
+            return [self(v, seen) for v in value]
+        if isinstance(value, dict):
+            return {k: self(v, seen) for k, v in value.items()}
+        return value
+
+
+@dataclass
+class ArgumentStore:
+    """The extra arguments one block received for each calibration sample, identical ones stored once."""
+
     extras: list[tuple[tuple, dict]] = field(default_factory=list)
     extra_index: list[int] = field(default_factory=list)
 
-    def add(self, hidden: torch.Tensor, args: tuple, kwargs: dict) -> None:
-        self.hidden_states.append(hidden)
+    def add(self, args: tuple, kwargs: dict) -> None:
         for i, (a, k) in enumerate(self.extras):
             if _same(a, args) and _same(k, kwargs):
                 self.extra_index.append(i)
@@ -66,11 +87,21 @@ class BlockInputs:
         self.extras.append((args, kwargs))
         self.extra_index.append(len(self.extras) - 1)
 
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering the current block, one tensor per calibration sample, and the extra arguments
+    each block receives (``per_block[i]``: block i's own masks, position embeddings, cache flags)."""
+
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
+    per_block: list[ArgumentStore] = field(default_factory=list)
+
     def __len__(self) -> int:
         return len(self.hidden_states)
 
-    def arguments(self, i: int, device: torch.device) -> tuple[tuple, dict]:
-        args, kwargs = self.extras[self.extra_index[i]]
+    def arguments(self, block_index: int, i: int, device: torch.device) -> tuple[tuple, dict]:
+        store = self.per_block[block_index]
+        args, kwargs = store.extras[store.extra_index[i]]
         return _to_device(args, device), _to_device(kwargs, device)
 
     def nbytes(self) -> int:
@@ -93,27 +124,40 @@ def block_execution_device(block: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, input_ids: torch.Tensor) -> BlockInputs:
-    """Run the model's embedding stage on each calibration window and record block 0's arguments."""
-    captured = BlockInputs()
+def capture_block_inputs(model: nn.Module, blocks: Sequence[nn.Module], input_ids: torch.Tensor) -> BlockInputs:
+    """Run the model once per calibration window, recording block 0's hidden states and every block's own
+    arguments; the pass stops at the last block, so the dense blocks before it run once."""
+    captured = BlockInputs(per_block=[ArgumentStore() for _ in blocks])
+    interner = _Interner()
+    seen: dict[int, torch.Tensor] = {}
+    last = len(blocks) - 1
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
-        captured.add(hidden.detach(), tuple(rest), dict(kwargs))
-        raise _StopForward
+    def make_hook(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            kwargs = dict(kwargs)
+            hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+            if index == 0:
+                captured.hidden_states.append(hidden.detach())
+            captured.per_block[index].add(interner(tuple(rest), seen), interner(kwargs, seen))
+            if index == last:
+                raise _StopForward
 
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+        return hook
+
+    handles = [block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
     embed_device = model.get_input_embeddings().weight.device
     if embed_device.type == "meta":
-        embed_device = block_execution_device(first_block)
+        embed_device = block_execution_device(blocks[0])
     try:
         for window in input_ids:
+            seen.clear()  # ids are only meaningful while one window's tensors are alive
             try:
                 model(window.unsqueeze(0).to(embed_device), use_cache=False)
             except _StopForward:
                 pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
 
 
@@ -123,12 +167,14 @@ def block_output(output: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_block(block: nn.Module, inputs: BlockInputs, keep_outputs: bool = True) -> list[torch.Tensor]:
-    """Replay the block on every captured sample; returns its outputs (the next block's inputs)."""
+def run_block(block: nn.Module, inputs: BlockInputs, block_index: int,
+              keep_outputs: bool = True) -> list[torch.Tensor]:
+    """Replay block ``block_index`` on every captured sample with its own arguments; returns its outputs
+    (the next block's inputs)."""
     device = block_execution_device(block)
     outputs = []
     for i, hidden in enumerate(inputs.hidden_states):
-        args, kwargs = inputs.arguments(i, device)
+        args, kwargs = inputs.arguments(block_index, i, device)
         out = block_output(block(hidden.to(device), *args, **kwargs))
         if keep_outputs:
             outputs.append(out.detach())

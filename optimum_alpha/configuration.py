@@ -9,10 +9,12 @@ from typing import Any
 
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import METRICS
+from .esd import BLOCK_SCORES, METRICS
+from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
+from .pruning.alps import check_alps_options
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 STRUCTURES = ("unstructured", "width")
@@ -65,7 +67,7 @@ class AlphaPruningConfig:
 
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
-        method: which weights go inside a layer: ``magnitude``, ``wanda`` or ``sparsegpt``.
+        method: which weights go inside a layer: ``magnitude``, ``wanda``, ``sparsegpt`` or ``alps``.
         allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
         metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
         epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting).
@@ -83,7 +85,18 @@ class AlphaPruningConfig:
             chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
-        percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal) and column block size.
+        percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal; ALPS uses it too) and
+            column block size.
+        alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
+            settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
+            kept weights (iterations, relative residual tolerance). Defaults are the paper's.
+        ignore: weights inside the blocks to keep dense, as module-name patterns (``"re:.*self_attn.*"`` for a
+            regular expression matched from the start of the name, else an exact name or name suffix). Expert
+            matrices are named ``<experts module>.<expert>.{gate,up,down}_proj``. Routers are kept dense
+            unless ``prune_routers``; every other weight inside the blocks must be pruned or ignored.
+        prune_routers: prune MoE router weights like any matrix (default: keep them dense).
+        block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
+            matrix counts once) or ``weighted`` by parameter count.
         structure: ``unstructured`` (zeros inside the weights) or ``width``: remove whole attention heads and
             MLP channels so that ``sparsity`` of the block weights is gone, giving a smaller dense model
             (Llama-style blocks; ``allocation`` sets each block's share, see docs/structured.md).
@@ -114,6 +127,13 @@ class AlphaPruningConfig:
     owl_lambda: float = 0.08
     percdamp: float = 0.01
     blocksize: int = 128
+    alps_rho: float = 0.1
+    alps_max_iter: int = 300
+    alps_pcg_iters: int = 10
+    alps_pcg_tol: float = 1e-4
+    ignore: list[str] | None = None
+    prune_routers: bool = False
+    block_score: str = "mean"
     structure: str = "unstructured"
     unstructured_sparsity: float | None = None
     structured_refit: bool = True
@@ -154,7 +174,19 @@ class AlphaPruningConfig:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
+        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters, float(self.alps_pcg_tol))
+        if self.ignore is not None:
+            if isinstance(self.ignore, str):
+                self.ignore = [self.ignore]
+            self.ignore = list(self.ignore)
+            compile_patterns(self.ignore)
+        if self.block_score not in BLOCK_SCORES:
+            raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
         self._check_structure()
+
+    def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
+        """The config values a layer pruner declares in its ``options``."""
+        return {name: getattr(self, name) for name in option_names}
 
     def _check_structure(self) -> None:
         self.structure = str(self.structure).lower()
@@ -169,6 +201,8 @@ class AlphaPruningConfig:
             return
         if self.granularity != "block":
             raise ConfigError("structure='width' allocates per block; use granularity='block'.")
+        if self.ignore:
+            raise ConfigError("structure='width' removes heads and channels of whole blocks; drop ignore=.")
         if self.unstructured_sparsity is not None:
             check_sparsity(float(self.unstructured_sparsity), float(self.max_sparsity))
         if self.head_sparsity is not None and not 0.0 <= float(self.head_sparsity) < 1.0:

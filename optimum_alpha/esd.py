@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import torch
-from accelerate.utils import align_module_device
 from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ModelStructureError
-from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
+from .matrices import PrunableMatrix, model_weights
+from .model_utils import check_finite
 
 METRICS: tuple[str, ...] = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
 FixFinger = Literal["reference", "strict"]
@@ -187,10 +187,11 @@ class ESDReport:
     blocks: list[BlockSpectrum] = field(default_factory=list)
     fix_finger: str = "reference"
     blocks_path: str = ""
+    block_score: str = "mean"
 
     def __post_init__(self) -> None:
         if not self.blocks:
-            self.blocks = aggregate_blocks(self.matrices)
+            self.blocks = aggregate_blocks(self.matrices, self.block_score)
 
     def scores(self, metric: str = "alpha_hill", granularity: str = "block") -> tuple[list[float], list[int]]:
         """(score, parameter count) per allocation unit: per block (the paper's default) or per matrix."""
@@ -212,6 +213,7 @@ class ESDReport:
         return {
             "fix_finger": self.fix_finger,
             "blocks_path": self.blocks_path,
+            "block_score": self.block_score,
             "matrices": [asdict(m) for m in self.matrices],
             "blocks": [asdict(b) for b in self.blocks],
         }
@@ -226,7 +228,8 @@ class ESDReport:
     def from_dict(cls, data: dict) -> "ESDReport":
         matrices = [MatrixSpectrum(**{**m, "shape": tuple(m["shape"])}) for m in data["matrices"]]
         blocks = [BlockSpectrum(**b) for b in data.get("blocks", [])]
-        return cls(matrices, blocks, data.get("fix_finger", "reference"), data.get("blocks_path", ""))
+        return cls(matrices, blocks, data.get("fix_finger", "reference"), data.get("blocks_path", ""),
+                   data.get("block_score", "mean"))
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "ESDReport":
@@ -236,16 +239,23 @@ class ESDReport:
         return cls.from_dict(json.loads(text))
 
 
-def aggregate_blocks(matrices: list[MatrixSpectrum]) -> list[BlockSpectrum]:
-    """Mean of each metric over the matrices of each block, in block order."""
+BLOCK_SCORES = ("mean", "weighted")
+
+
+def aggregate_blocks(matrices: list[MatrixSpectrum], how: str = "mean") -> list[BlockSpectrum]:
+    """Each block's score from its matrices, in block order: the plain ``mean`` over matrices (the paper's
+    choice; in an MoE block every expert matrix counts once) or the parameter-``weighted`` mean."""
+    if how not in BLOCK_SCORES:
+        raise ConfigError(f"Unknown block_score {how!r}; use 'mean' or 'weighted'.")
     grouped: dict[int, list[MatrixSpectrum]] = {}
     for m in matrices:
         grouped.setdefault(m.block_index, []).append(m)
     blocks = []
     for index in sorted(grouped):
         members = grouped[index]
+        weights = [m.num_params if how == "weighted" else 1 for m in members]
         names = members[0].metrics.keys()
-        means = {k: sum(m.metrics[k] for m in members) / len(members) for k in names}
+        means = {k: sum(w * m.metrics[k] for w, m in zip(weights, members)) / sum(weights) for k in names}
         blocks.append(BlockSpectrum(index, sum(m.num_params for m in members), means))
     return blocks
 
@@ -255,29 +265,28 @@ def analyze(
     metrics: Iterable[str] | None = None,
     fix_finger: FixFinger = "reference",
     show_progress: bool = True,
+    matrices: Iterable[PrunableMatrix] | None = None,
+    block_score: str = "mean",
 ) -> ESDReport:
-    """ESD metrics of every prunable Linear/Conv1D inside the transformer blocks (embeddings/LM head excluded)."""
+    """ESD metrics of every prunable matrix inside the transformer blocks (embeddings/LM head excluded):
+    Linear/Conv1D weights and each expert's slices of fused expert parameters; routers stay out."""
     wanted = tuple(metrics) if metrics else METRICS
     unknown = [m for m in wanted if m not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {unknown}; choose from {', '.join(METRICS)}.")
-    path, blocks = find_blocks(model)
-    layers = [
-        (i, f"{path}.{i}.{name}", layer)
-        for i, block in enumerate(blocks)
-        for name, layer in find_prunable_layers(block, i).items()
-    ]
+    path, blocks = model_weights(model)
+    if matrices is None:
+        matrices = [m for block in blocks for m in block.matrices]
     results = []
-    for block_index, name, layer in tqdm(layers, desc="ESD analysis", unit="matrix", disable=not show_progress):
-        with align_module_device(layer):
-            weight = weight_matrix(layer)
-            check_finite(weight, name)
-            eigenvalues = matrix_eigenvalues(weight)
-        values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=name)
+    for matrix in tqdm(list(matrices), desc="ESD analysis", unit="matrix", disable=not show_progress):
+        weight = matrix.read()
+        check_finite(weight, matrix.name)
+        eigenvalues = matrix_eigenvalues(weight)
+        values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=matrix.name)
         results.append(
             MatrixSpectrum(
-                block_index=block_index,
-                name=name,
+                block_index=matrix.block_index,
+                name=matrix.name,
                 shape=(int(weight.shape[0]), int(weight.shape[1])),
                 n_eigenvalues=int(eigenvalues.numel()),
                 xmin=fit.xmin,
@@ -286,4 +295,4 @@ def analyze(
                 metrics={k: values[k] for k in wanted},
             )
         )
-    return ESDReport(results, fix_finger=fix_finger, blocks_path=path)
+    return ESDReport(results, fix_finger=fix_finger, blocks_path=path, block_score=block_score)

@@ -63,25 +63,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def find_prunable_layers(block: nn.Module, block_index: int | None = None) -> dict[str, nn.Module]:
-    """Linear/Conv1D layers of one block, keyed by their name inside the block, in definition order."""
-    layers = {name: module for name, module in block.named_modules() if isinstance(module, PRUNABLE_TYPES)}
-    if not layers:
-        where = f"Block {block_index}" if block_index is not None else "A block"
-        raise ModelStructureError(
-            f"{where} ({type(block).__name__}) contains no nn.Linear or Conv1D layer to prune. "
-            "optimum-alpha prunes Linear layers only; check that the model is not already quantized or fused."
-        )
-    return layers
-
-
-def weight_matrix(layer: nn.Module) -> torch.Tensor:
-    """The layer's weight as an (out_features, in_features) view, whatever the layer type."""
-    if Conv1D and isinstance(layer, Conv1D):
-        return layer.weight.data.t()
-    return layer.weight.data
-
-
 def set_weight_matrix(layer: nn.Module, matrix: torch.Tensor) -> None:
     """Write an (out_features, in_features) matrix back into the layer, in its dtype and layout."""
     target = layer.weight.data

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
-
 from .errors import ConfigError
-from .model_utils import weight_matrix
+from .matrices import PrunableMatrix
 
 
 def check_mixed_sparsity(sparsity: float, m: int) -> None:
@@ -49,12 +47,12 @@ def mixed_nm_counts(unit_sparsities: Sequence[float], param_counts: Sequence[int
         current += step * param_counts[chosen]
 
 
-def check_nm_divisible(layers: Sequence[tuple[int, str, nn.Module]], m: int) -> None:
-    """Fail before anything is pruned when a layer's input dimension is not a multiple of M."""
-    for _, name, layer in layers:
-        columns = weight_matrix(layer).shape[1]
+def check_nm_divisible(matrices: Sequence[PrunableMatrix], m: int) -> None:
+    """Fail before anything is pruned when a matrix's input dimension is not a multiple of M."""
+    for matrix in matrices:
+        columns = matrix.shape[1]
         if columns % m:
             raise ConfigError(
-                f"N:M with M = {m} needs every layer's input dimension to be a multiple of M, but {name} has "
+                f"N:M with M = {m} needs every layer's input dimension to be a multiple of M, but {matrix.name} has "
                 f"{columns}; choose an M that divides it (4 and 8 fit most models)."
             )

@@ -15,65 +15,53 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from accelerate.utils import align_module_device
 from torch import nn
 from tqdm.auto import tqdm
 
 from .allocation import check_sparsity, fit_to_budget
-from .calibration import BlockInputs, run_block
+from .calibration import BlockInputs
 from .configuration import check_owl_lambda
 from .errors import ConfigError
-from .model_utils import find_prunable_layers, weight_matrix
+from .matrices import PrunableMatrix
+from .statistics import InputSquaredNorms, collect_block_statistics
 
 
-def _wanda_scores(layer: nn.Module, squared_norms: torch.Tensor) -> torch.Tensor:
-    with align_module_device(layer):
-        weight = weight_matrix(layer)
-        return weight.abs().float() * squared_norms.to(weight.device).sqrt()[None, :]
+def _wanda_scores(matrix: PrunableMatrix, statistic: InputSquaredNorms) -> torch.Tensor:
+    weight = matrix.read()
+    return weight.abs().float() * statistic.norms(weight.device)[None, :]
 
 
-def block_outlier_ratio(layers: dict[str, nn.Module], squared_norms: dict[str, torch.Tensor],
+def block_outlier_ratio(matrices: Sequence[PrunableMatrix], statistics: dict[str, InputSquaredNorms],
                         threshold: float) -> float:
-    """Share of the block's Wanda scores (all layers pooled) above ``threshold`` × their mean.
+    """Share of the block's Wanda scores (all matrices pooled) above ``threshold`` × their mean.
 
-    Scores are computed twice, once for the mean and once for the count, so that only one layer's scores
-    exist at a time (a 70B block would otherwise need gigabytes for them).
+    Scores are computed twice, once for the mean and once for the count, so that only one matrix's scores
+    exist at a time (a 70B block would otherwise need gigabytes for them). Expert matrices that no
+    calibration token reached have no activation statistic and are left out.
     """
+    seen = [m for m in matrices if statistics[m.name].sums is not None]
     total, count = 0.0, 0
-    for name, layer in layers.items():
-        scores = _wanda_scores(layer, squared_norms[name])
+    for matrix in seen:
+        scores = _wanda_scores(matrix, statistics[matrix.name])
         total += float(scores.sum(dtype=torch.float64))
         count += scores.numel()
+    if count == 0:
+        return 0.0
     cutoff = threshold * total / count
-    above = sum(int((_wanda_scores(layer, squared_norms[name]) > cutoff).sum())
-                for name, layer in layers.items())
+    above = sum(int((_wanda_scores(m, statistics[m.name]) > cutoff).sum()) for m in seen)
     return above / count
 
 
 @torch.no_grad()
-def collect_outlier_ratios(blocks: Sequence[nn.Module], inputs: BlockInputs, threshold: float,
-                           show_progress: bool = False) -> list[float]:
+def collect_outlier_ratios(blocks: Sequence[nn.Module], block_matrices: Sequence[Sequence[PrunableMatrix]],
+                           inputs: BlockInputs, threshold: float, show_progress: bool = False) -> list[float]:
     """One dense pass: for each block, the outlier ratio D; ``inputs`` ends holding the last block's outputs."""
     ratios = []
     for index, block in enumerate(tqdm(blocks, desc="OWL outliers", unit="block", disable=not show_progress)):
-        layers = find_prunable_layers(block, index)
-        norms: dict[str, torch.Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(module: nn.Module, args: tuple, output: object) -> None:
-                x = args[0].detach()
-                batch = x.reshape(-1, x.shape[-1]).float().pow(2).sum(dim=0)
-                norms[name] = batch if name not in norms else norms[name] + batch
-
-            return hook
-
-        handles = [layer.register_forward_hook(make_hook(name)) for name, layer in layers.items()]
-        try:
-            outputs = run_block(block, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        ratios.append(block_outlier_ratio(layers, norms, threshold))
+        statistics = {m.name: InputSquaredNorms() for m in block_matrices[index]}
+        outputs = collect_block_statistics(block, index, block_matrices[index], statistics, inputs,
+                                           keep_outputs=True)
+        ratios.append(block_outlier_ratio(block_matrices[index], statistics, threshold))
         inputs.hidden_states = outputs
     return ratios
 

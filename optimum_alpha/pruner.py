@@ -24,16 +24,18 @@ from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
 from .data import calibration_windows
-from .errors import CalibrationDataError, CheckpointError
+from .errors import CalibrationDataError, CheckpointError, ModelStructureError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
-from .model_utils import check_finite, find_blocks, find_prunable_layers, weight_matrix
+from .matrices import BlockWeights, PrunableMatrix, check_covered, model_weights
+from .model_utils import check_finite, find_blocks
 from .models import base_model_id, load_model
 from .nm import check_nm_divisible, mixed_nm_counts
-from .offload import write_layer_weight
 from .owl import collect_outlier_ratios, owl_allocation
-from .pruning import get_pruner_class
+from .pruning import LayerPruner, get_pruner_class
+from .pruning.magnitude import MagnitudePruner
 from .report import BlockReport, PruningReport, layer_sparsity
+from .statistics import collect_block_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -79,58 +81,67 @@ class AlphaPruner(OptimumQuantizer):
             pruner.analyze(fix_finger=fix_finger, show_progress=show_progress)
         return pruner
 
-    def analyze(self, fix_finger: str = "reference", show_progress: bool = True) -> ESDReport:
-        """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights."""
-        self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress)  # type: ignore[arg-type]
+    def analyze(self, fix_finger: str = "reference", show_progress: bool = True, block_score: str = "mean",
+                config: AlphaPruningConfig | None = None) -> ESDReport:
+        """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights, over the
+        prunable matrices (``config.ignore`` / ``prune_routers`` decide which)."""
+        matrices = [m for block in self.block_weights(config) for m in block.matrices]
+        self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
+                                  matrices=matrices, block_score=block_score)
         return self.esd_report
 
-    # ----------------------------------------------------------------------------------------- allocation
-    def _layer_names(self) -> list[tuple[int, str, nn.Module]]:
-        return [
-            (i, f"{self.blocks_path}.{i}.{name}", layer)
-            for i, block in enumerate(self.blocks)
-            for name, layer in find_prunable_layers(block, i).items()
-        ]
+    def block_weights(self, config: AlphaPruningConfig | None = None) -> list[BlockWeights]:
+        """Every block's weights sorted into prunable matrices, ignored (dense on purpose) and uncovered."""
+        config = config or AlphaPruningConfig()
+        return model_weights(self.model, config.ignore, config.prune_routers)[1]
 
-    def allocate(self, config: AlphaPruningConfig, show_progress: bool = False
-                 ) -> tuple[dict[str, float], list[float | None]]:
-        """Per-layer target sparsities and per-block scores (None when no score is used; OWL's outlier
+    # ----------------------------------------------------------------------------------------- allocation
+    def allocate(self, config: AlphaPruningConfig, show_progress: bool = False,
+                 blocks: list[BlockWeights] | None = None) -> tuple[dict[str, float], list[float | None]]:
+        """Per-matrix target sparsities and per-block scores (None when no score is used; OWL's outlier
         ratios with ``allocation="owl"``). With ``nm="mixed:M"`` every target is 1 - N/M for a whole N."""
-        layers = self._layer_names()
+        blocks = blocks if blocks is not None else self.block_weights(config)
+        matrices = [m for block in blocks for m in block.matrices]
         if config.nm_group is not None:
-            check_nm_divisible(layers, config.nm_group)
+            check_nm_divisible(matrices, config.nm_group)
         if config.nm_pattern is not None:
             n, m = config.nm_pattern
-            return {name: 1.0 - n / m for _, name, _ in layers}, [None] * len(self.blocks)
-        targets, block_scores = self._continuous_targets(config, layers, show_progress)
+            return {matrix.name: 1.0 - n / m for matrix in matrices}, [None] * len(self.blocks)
+        targets, block_scores = self._continuous_targets(config, blocks, matrices, show_progress)
         if config.nm_mixed_group is not None:
-            targets = self._round_to_mixed_nm(targets, layers, config)
+            targets = self._round_to_mixed_nm(targets, matrices, config)
         return targets, block_scores
 
-    def _continuous_targets(self, config: AlphaPruningConfig, layers: list[tuple[int, str, nn.Module]],
-                            show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
+    def _continuous_targets(self, config: AlphaPruningConfig, blocks: list[BlockWeights],
+                            matrices: list[PrunableMatrix], show_progress: bool
+                            ) -> tuple[dict[str, float], list[float | None]]:
         m = config.nm_mixed_group
         # Mixed N:M keeps at least one weight per group, so no unit may go past (M - 1)/M.
         max_sparsity = config.max_sparsity if m is None else min(config.max_sparsity, (m - 1) / m)
         if config.allocation == "uniform":
-            return {name: float(config.sparsity) for _, name, _ in layers}, [None] * len(self.blocks)
+            return {matrix.name: float(config.sparsity) for matrix in matrices}, [None] * len(self.blocks)
         if config.allocation == "owl":
-            return self._owl_targets(config, layers, max_sparsity, show_progress)
+            return self._owl_targets(config, blocks, max_sparsity, show_progress)
         report = self.esd_report
-        if report is None or report.fix_finger != config.fix_finger:
-            report = self.analyze(fix_finger=config.fix_finger)
+        names = [matrix.name for matrix in matrices]
+        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
+                or [spectrum.name for spectrum in report.matrices] != names):
+            report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
+                                  block_score=config.block_score, config=config)
         scores, counts = report.scores(config.metric, config.granularity)
         sparsities = allocate(
             scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=max_sparsity
         )
-        block_scores = [b.metrics[config.metric] for b in report.blocks]
+        by_block = {b.index: b.metrics[config.metric] for b in report.blocks}
+        block_scores = [by_block.get(i) for i in range(len(self.blocks))]
         if config.granularity == "block":
-            return {name: sparsities[i] for i, name, _ in layers}, block_scores
-        by_name = {m.name: s for m, s in zip(report.matrices, sparsities)}
-        return {name: by_name[name] for _, name, _ in layers}, block_scores
+            unit_of = {b.index: s for b, s in zip(report.blocks, sparsities)}
+            return {matrix.name: unit_of[matrix.block_index] for matrix in matrices}, block_scores
+        by_name = {spectrum.name: s for spectrum, s in zip(report.matrices, sparsities)}
+        return {name: by_name[name] for name in names}, block_scores
 
-    def _owl_targets(self, config: AlphaPruningConfig, layers: list[tuple[int, str, nn.Module]],
-                     max_sparsity: float, show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
+    def _owl_targets(self, config: AlphaPruningConfig, blocks: list[BlockWeights], max_sparsity: float,
+                     show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
         """OWL: a dense sequential pass measures each block's outlier ratio, which sets its sparsity."""
         if self.tokenizer is None:
             raise CalibrationDataError(
@@ -138,30 +149,30 @@ class AlphaPruner(OptimumQuantizer):
                 "model has none; pass tokenizer= to AlphaPruner.from_pretrained or use allocation='alpha'."
             )
         inputs, _ = self._calibration_inputs(config)
-        ratios = collect_outlier_ratios(self.blocks, inputs, config.owl_threshold, show_progress)
+        block_matrices = [block.matrices for block in blocks]
+        ratios = collect_outlier_ratios(self.blocks, block_matrices, inputs, config.owl_threshold, show_progress)
         del inputs
-        counts = [0] * len(self.blocks)
-        for i, _, layer in layers:
-            counts[i] += weight_numel(layer)
+        counts = [sum(m.numel for m in matrices) for matrices in block_matrices]
         sparsities = owl_allocation(ratios, counts, config.sparsity, config.owl_lambda, max_sparsity)
-        return {name: sparsities[i] for i, name, _ in layers}, list(ratios)
+        return ({m.name: sparsities[i] for i, matrices in enumerate(block_matrices) for m in matrices},
+                list(ratios))
 
     @staticmethod
-    def _round_to_mixed_nm(targets: dict[str, float], layers: list[tuple[int, str, nn.Module]],
+    def _round_to_mixed_nm(targets: dict[str, float], matrices: list[PrunableMatrix],
                            config: AlphaPruningConfig) -> dict[str, float]:
         """Turn the continuous targets into one whole N per unit (block or matrix) with the exact budget."""
         m = config.nm_mixed_group
-        unit_of = {name: (i if config.granularity == "block" else name) for i, name, _ in layers}
+        unit_of = {mat.name: (mat.block_index if config.granularity == "block" else mat.name) for mat in matrices}
         sizes: dict[Any, int] = {}
         wanted: dict[Any, float] = {}
-        for _, name, layer in layers:
-            unit = unit_of[name]
-            sizes[unit] = sizes.get(unit, 0) + weight_numel(layer)
-            wanted.setdefault(unit, targets[name])
+        for matrix in matrices:
+            unit = unit_of[matrix.name]
+            sizes[unit] = sizes.get(unit, 0) + matrix.numel
+            wanted.setdefault(unit, targets[matrix.name])
         units = list(sizes)
         counts = mixed_nm_counts([wanted[u] for u in units], [sizes[u] for u in units], config.sparsity, m)
         n_of = dict(zip(units, counts))
-        return {name: 1.0 - n_of[unit_of[name]] / m for _, name, _ in layers}
+        return {matrix.name: 1.0 - n_of[unit_of[matrix.name]] / m for matrix in matrices}
 
     # -------------------------------------------------------------------------------------------- pruning
     def _calibration_inputs(self, config: AlphaPruningConfig) -> tuple[BlockInputs, dict[str, Any]]:
@@ -174,7 +185,7 @@ class AlphaPruner(OptimumQuantizer):
         ids = calibration_windows(
             self.tokenizer, config.calibration_dataset, config.nsamples, seqlen, config.seed
         )
-        inputs = capture_block_inputs(self.model, self.blocks[0], ids)
+        inputs = capture_block_inputs(self.model, self.blocks, ids)
         details = {
             "dataset": config.to_dict()["calibration_dataset"],
             "nsamples": config.nsamples,
@@ -185,15 +196,33 @@ class AlphaPruner(OptimumQuantizer):
         logger.info("Calibration: %d windows of %d tokens from %s", config.nsamples, seqlen, details["dataset"])
         return inputs, details
 
+    def _check_weights(self, blocks: list[BlockWeights]) -> None:
+        """Before block 0 is touched: every weight is accounted for and every block parameter is finite."""
+        check_covered(blocks)
+        if not any(block.matrices for block in blocks):
+            raise ModelStructureError(
+                "Nothing to prune: every weight inside the blocks is ignored; shorten the ignore list."
+            )
+        for index, block in enumerate(self.blocks):  # norms too: a NaN anywhere poisons the statistics
+            for local, module in block.named_modules():
+                with align_module_device(module):
+                    for name, param in module.named_parameters(recurse=False):
+                        full = ".".join(part for part in (self.blocks_path, str(index), local, name) if part)
+                        check_finite(param.detach(), full)
+
     @torch.no_grad()
     def prune(self, config: AlphaPruningConfig | None = None, show_progress: bool = True):
         """Allocate sparsities and prune every block in place; returns ``(model, PruningReport)``.
+
+        Stages: check every block weight (covered by a prunable matrix or ignored on purpose, finite) →
+        allocate per-matrix targets → capture calibration inputs → per block: collect statistics on the dense
+        block → prune its matrices → write them → replay the pruned block for the next one.
 
         Blocks are processed in order. Each block's new weights are all computed before any is written, so an
         interruption (KeyboardInterrupt or error) leaves blocks ``0..k-1`` fully pruned and the others
         untouched; ``self.last_report`` then lists the completed blocks with ``completed=False``. A Ctrl-C
         that arrives while a block is being written is held until that block is written and reported.
-        Every weight is checked for NaN/Inf before block 0 is touched. See docs/guarantees.md.
+        The model is run in eval mode (dropout off) and its mode restored afterwards. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
         if config.structure == "width":  # heads and channels go first (then, optionally, the code below)
@@ -201,87 +230,96 @@ class AlphaPruner(OptimumQuantizer):
 
             return prune_structured(self, config, show_progress)
         start = time.perf_counter()
-        for _, name, layer in self._layer_names():  # a NaN in block k fails before block 0 is touched
-            with align_module_device(layer):
-                check_finite(weight_matrix(layer), name)
-        targets, block_scores = self.allocate(config, show_progress)
-        pruner_cls = get_pruner_class(config.method)
-        sparsegpt = config.method == "sparsegpt"
-        options = {"percdamp": config.percdamp, "blocksize": config.blocksize} if sparsegpt else {}
-        report = PruningReport(config=config.to_dict(), layer_targets=dict(targets))
-        self.last_report = report
-        inputs = None
-        if pruner_cls.needs_calibration:
-            inputs, report.calibration = self._calibration_inputs(config)
-        group = config.nm_group
-        progress = tqdm(list(enumerate(self.blocks)), desc=f"Pruning ({config.method})", unit="block",
-                        disable=not show_progress)
-        for index, block in progress:
-            block_start = time.perf_counter()
-            layers = find_prunable_layers(block, index)
-            names = {local: f"{self.blocks_path}.{index}.{local}" for local in layers}
-            pruners = {local: pruner_cls(layer, names[local], **options) for local, layer in layers.items()}
-            if inputs is not None:
-                self._collect_statistics(block, layers, pruners, inputs)
-            new_weights = {}
-            for local, layer in layers.items():
-                with align_module_device(layer):
-                    weight = weight_matrix(layer)  # finite: checked for every layer before block 0
-                    target = targets[names[local]]
-                    nm = (round((1.0 - target) * group), group) if group else None
-                    new_weights[local] = pruners[local].prune(weight, target, nm)
-                pruners[local].free()
-            wanted = sum(targets[names[k]] * weight_numel(layers[k]) for k in layers)
-            with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
-                achieved, params = self._write_block(layers, new_weights, names, report)
-                report.blocks.append(
-                    BlockReport(
-                        index=index,
-                        score=block_scores[index],
-                        target_sparsity=wanted / params,
-                        achieved_sparsity=achieved / params,
-                        num_params=params,
-                        seconds=0.0,
-                    )
-                )
-            if inputs is not None:
-                inputs.hidden_states = run_block(block, inputs)
-            report.blocks[-1].seconds = time.perf_counter() - block_start
-            report.elapsed_s = time.perf_counter() - start
+        blocks = self.block_weights(config)
+        self._check_weights(blocks)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            targets, block_scores = self.allocate(config, show_progress, blocks)
+            pruner_cls = get_pruner_class(config.method)
+            report = PruningReport(config=config.to_dict(), layer_targets=dict(targets),
+                                   ignored={name: n for block in blocks for name, n in block.ignored.items()})
+            self.last_report = report
+            inputs = None
+            if pruner_cls.needs_calibration:
+                inputs, report.calibration = self._calibration_inputs(config)
+            progress = tqdm(list(enumerate(self.blocks)), desc=f"Pruning ({config.method})", unit="block",
+                            disable=not show_progress)
+            for index, block in progress:
+                block_start = time.perf_counter()
+                matrices = blocks[index].matrices
+                pruners = {m.name: pruner_cls(m.name, **config.pruner_options(pruner_cls.options))
+                           for m in matrices}
+                if inputs is not None:
+                    self._collect_statistics(index, matrices, pruners, inputs)
+                new_weights = self._prune_block(matrices, pruners, targets, config, report)
+                with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
+                    self._write_block(index, matrices, new_weights, targets, blocks[index], block_scores, report)
+                if inputs is not None:
+                    inputs.hidden_states = run_block(block, inputs, index)
+                report.blocks[-1].seconds = time.perf_counter() - block_start
+                report.elapsed_s = time.perf_counter() - start
+        finally:
+            self.model.train(was_training)
         report.completed = True
+        if report.uncalibrated:
+            logger.warning(
+                "%d expert matrices received no calibration token and were pruned by magnitude: %s",
+                len(report.uncalibrated), ", ".join(report.uncalibrated[:8]),
+            )
         logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
         return self.model, report
 
-    @staticmethod
-    def _collect_statistics(block: nn.Module, layers: dict[str, nn.Module], pruners: dict, inputs: BlockInputs) -> None:
-        """One pass of the dense block over the calibration set, feeding every layer's inputs to its pruner."""
-
-        def make_hook(local: str):
-            def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                pruners[local].add_batch(args[0].detach())
-
-            return hook
-
-        handles = [layer.register_forward_hook(make_hook(local)) for local, layer in layers.items()]
-        try:
-            run_block(block, inputs, keep_outputs=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+    def _collect_statistics(self, index: int, matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner],
+                            inputs: BlockInputs) -> None:
+        """Stage 1 of a block: one dense pass feeding every matrix's calibration inputs to its pruner."""
+        collect_block_statistics(self.blocks[index], index, matrices, pruners, inputs)
 
     @staticmethod
-    def _write_block(layers: dict[str, nn.Module], new_weights: dict[str, torch.Tensor],
-                     names: dict[str, str], report: PruningReport) -> tuple[float, int]:
-        """Write every new weight back; returns (zeros, parameters) of the block."""
+    def _prune_block(matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner], targets: dict[str, float],
+                     config: AlphaPruningConfig, report: PruningReport) -> dict[str, torch.Tensor]:
+        """New values of every matrix of the block, computed before any is written. A matrix that received no
+        calibration input (an expert no token was routed to) is pruned by magnitude and reported."""
+        group = config.nm_group
+        new_weights = {}
+        for matrix in matrices:
+            pruner = pruners[matrix.name]
+            if not pruner.calibrated:
+                report.uncalibrated.append(matrix.name)
+                pruner = MagnitudePruner(matrix.name)
+            weight = matrix.read()  # finite: every block weight is checked before block 0
+            target = targets[matrix.name]
+            nm = (round((1.0 - target) * group), group) if group else None
+            new_weights[matrix.name] = pruner.prune(weight, target, nm)
+            pruners[matrix.name].free()
+        return new_weights
+
+    @staticmethod
+    def _write_block(index: int, matrices: list[PrunableMatrix], new_weights: dict[str, torch.Tensor],
+                     targets: dict[str, float], weights: BlockWeights, block_scores: list[float | None],
+                     report: PruningReport) -> None:
+        """Write every new weight back and report the block: achieved over its pruned matrices, and over
+        all its weights (ignored ones counted dense)."""
         zeros, params = 0.0, 0
-        for local, layer in layers.items():
-            weight = new_weights[local]
-            write_layer_weight(layer, weight)
+        for matrix in matrices:
+            weight = new_weights[matrix.name]
+            matrix.write(weight)
             sparsity = layer_sparsity(weight)
-            report.layers[names[local]] = sparsity
+            report.layers[matrix.name] = sparsity
             zeros += sparsity * weight.numel()
             params += weight.numel()
-        return zeros, params
+        wanted = sum(targets[m.name] * m.numel for m in matrices)
+        report.blocks.append(
+            BlockReport(
+                index=index,
+                score=block_scores[index],
+                target_sparsity=wanted / params if params else 0.0,
+                achieved_sparsity=zeros / params if params else 0.0,
+                num_params=params,
+                seconds=0.0,
+                ignored_params=sum(weights.ignored.values()),
+            )
+        )
 
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
@@ -313,6 +351,9 @@ class AlphaPruner(OptimumQuantizer):
             ],
             "layers": report.layers if report else {},
             "total_sparsity": report.total_sparsity if report else None,
+            "block_weight_sparsity": report.block_weight_sparsity if report else None,
+            "ignored": report.ignored if report else {},
+            "uncalibrated": report.uncalibrated if report else [],
             "calibration": report.calibration if report else {},
             "structured": report.structured if report else [],
             "perplexity": dict(self.perplexity),
@@ -360,7 +401,3 @@ def hold_interrupts() -> Iterator[None]:
             previous(signal.SIGINT, held[0])
         else:
             raise KeyboardInterrupt
-
-
-def weight_numel(layer: nn.Module) -> int:
-    return layer.weight.numel()

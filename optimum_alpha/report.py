@@ -21,6 +21,7 @@ class BlockReport:
     achieved_sparsity: float
     num_params: int
     seconds: float
+    ignored_params: int = 0  # weights of the block kept dense on purpose (routers, ``ignore``)
 
 
 @dataclass
@@ -32,18 +33,27 @@ class PruningReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     completed: bool = False
+    ignored: dict[str, int] = field(default_factory=dict)  # weight name -> parameters kept dense on purpose
+    uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
     # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
     structured: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_sparsity(self) -> float:
-        """Parameter-weighted achieved sparsity over the pruned blocks."""
+        """Parameter-weighted achieved sparsity over the pruned matrices of the processed blocks."""
         params = sum(b.num_params for b in self.blocks)
+        return sum(b.achieved_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
+
+    @property
+    def block_weight_sparsity(self) -> float:
+        """Achieved sparsity over *every* weight matrix inside the processed blocks, ignored ones counted dense."""
+        params = sum(b.num_params + b.ignored_params for b in self.blocks)
         return sum(b.achieved_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["total_sparsity"] = self.total_sparsity
+        data["block_weight_sparsity"] = self.block_weight_sparsity
         return data
 
     def summary(self) -> str:
@@ -55,4 +65,11 @@ class PruningReport:
                 f"{b.index:>5} {score} {b.target_sparsity:8.4f} {b.achieved_sparsity:9.4f} {b.seconds:7.2f}"
             )
         lines.append(f"total sparsity {self.total_sparsity:.4f} in {self.elapsed_s:.1f} s")
+        if self.ignored:
+            lines.append(
+                f"kept dense on purpose: {len(self.ignored)} weight(s), {sum(self.ignored.values())} parameters "
+                f"(sparsity over all block weights {self.block_weight_sparsity:.4f})"
+            )
+        if self.uncalibrated:
+            lines.append(f"pruned by magnitude, no calibration token routed: {', '.join(self.uncalibrated)}")
         return "\n".join(lines)

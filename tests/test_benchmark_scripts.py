@@ -63,6 +63,17 @@ def test_checkpoint_size_table_shows_sparse_smaller_and_exact(tiny_folder, monke
     assert float(ratio) < 1.0
 
 
+def test_architecture_table_has_a_row_per_family_with_exact_replay_and_full_coverage():
+    from benchmarks import architectures
+
+    table = architectures.main(["--families", "gemma2", "mixtral"])
+    rows = {row[0]: row for row in data_rows(table)}
+    assert set(rows) == {"gemma2", "mixtral"}
+    for row in rows.values():
+        assert float(row[2]) < 1e-5 and row[3] == "1.00" and row[7] == "yes"
+        assert float(row[5]) == pytest.approx(0.5, abs=1e-3)
+
+
 def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
     from benchmarks import structured
 

@@ -69,6 +69,19 @@ def test_quality_table_one_has_a_row_per_method_and_allocation(factory, eval_tex
     assert "run: " not in capsys.readouterr().out  # every run came from the log
 
 
+def test_quality_solver_table_has_perplexity_time_and_ratios(factory, eval_text):
+    text = quality.main(["--table", "solver", "--sparsities", "0.7"] + eval_text, model_factory=factory)
+    results, ratios = text.split("\n\n| ratio")
+    rows = table_rows(results)
+    assert [r[:2] for r in rows] == [["dense", "-"]] + [[m, a] for m in ("sparsegpt", "alps")
+                                                         for a in ("uniform", "alpha")]
+    cells = [re.fullmatch(r"([\d.]+) \((\d+) s\)", cell) for row in rows[1:] for cell in row[2:]]
+    assert len(cells) == 4 and all(cells)  # "perplexity (pruning seconds)"
+    ratio_rows = table_rows("| ratio" + ratios)
+    assert [r[0] for r in ratio_rows] == ["alps/sparsegpt perplexity", "alps/sparsegpt pruning time"] * 2
+    assert all(re.fullmatch(r"[\d.]+x", cell) for row in ratio_rows for cell in row[2:])
+
+
 def test_quality_metric_table_lists_uniform_and_every_metric(factory, eval_text):
     text = quality.main(["--table", "2", "--metrics", "alpha_hill", "spectral_norm"] + eval_text,
                         model_factory=factory)

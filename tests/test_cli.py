@@ -286,3 +286,13 @@ def test_helpers():
     assert table[0].split() == ["a", "score"]
     assert table[2].split() == ["1", "0.5000"] and table[3].split() == ["10", "-"]
     assert len({len(line) for line in table}) == 1
+
+
+def test_ignore_flag_keeps_matching_weights_dense_and_says_so(tiny_model, tmp_path):
+    out = tmp_path / "ignored"
+    result = cli("prune", str(tiny_model), "--sparsity", "0.5", "--method", "magnitude", "--ignore",
+                 "re:.*self_attn.*", "--ignore", "down_proj", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "kept dense on purpose: 10 weights" in result.stdout  # 4 attention + 1 down_proj per block, x2
+    layers = json.loads((out / "alpha_pruning.json").read_text())["layers"]
+    assert layers and not any("self_attn" in name or "down_proj" in name for name in layers)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.utils import align_module_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optimum_alpha import AlphaPruningConfig
 from optimum_alpha.data import load_texts
 from optimum_alpha.errors import ConfigError
-from optimum_alpha.model_utils import find_prunable_layers, weight_matrix
 from optimum_alpha.nm import mixed_nm_counts
 from optimum_alpha.pruner import AlphaPruner
 
@@ -26,12 +24,11 @@ def calibration_file(tmp_path):
 def kept_per_group(pruner: AlphaPruner, m: int) -> dict[int, set[int]]:
     """For each block, the set of kept-weight counts over all groups of M of all its layers."""
     found = {}
-    for i, block in enumerate(pruner.blocks):
+    for i, block in enumerate(pruner.block_weights()):
         counts: set[int] = set()
-        for layer in find_prunable_layers(block, i).values():
-            with align_module_device(layer):
-                w = weight_matrix(layer)
-                counts |= set((w != 0).reshape(w.shape[0], -1, m).sum(dim=2).unique().tolist())
+        for matrix in block.matrices:
+            w = matrix.read()
+            counts |= set((w != 0).reshape(w.shape[0], -1, m).sum(dim=2).unique().tolist())
         found[i] = counts
     return found
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from optimum_alpha import AlphaPruningConfig
 from optimum_alpha.data import load_texts
-from optimum_alpha.model_utils import find_prunable_layers, weight_matrix
+from optimum_alpha.matrices import model_weights
 from optimum_alpha.offload import offload_hook, store_offloaded, write_layer_weight
 from optimum_alpha.pruner import AlphaPruner
 
@@ -44,12 +44,7 @@ def disk_map(blocks_on_disk: range) -> dict[str, str]:
 
 def block_weights(model) -> dict[str, torch.Tensor]:
     """Every prunable weight, materialised from wherever it lives."""
-    weights = {}
-    for i, block in enumerate(model.model.layers):
-        for name, layer in find_prunable_layers(block, i).items():
-            with align_module_device(layer):
-                weights[f"{i}.{name}"] = weight_matrix(layer).clone()
-    return weights
+    return {m.name: m.read().clone() for block in model_weights(model)[1] for m in block.matrices}
 
 
 def sha256(path) -> str:

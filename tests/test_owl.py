@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from optimum_alpha.matrices import PrunableMatrix, model_weights
+from optimum_alpha.statistics import InputSquaredNorms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -12,7 +15,7 @@ from optimum_alpha import AlphaPruningConfig
 from optimum_alpha.calibration import capture_block_inputs
 from optimum_alpha.data import calibration_windows, load_texts
 from optimum_alpha.errors import AlphaPruningError, ConfigError
-from optimum_alpha.model_utils import find_blocks, find_prunable_layers
+from optimum_alpha.model_utils import find_blocks
 from optimum_alpha.owl import block_outlier_ratio, collect_outlier_ratios, owl_allocation
 from optimum_alpha.pruner import AlphaPruner
 
@@ -67,44 +70,44 @@ def test_outlier_ratio_pools_all_layers_of_a_block():
     first.weight.data.fill_(1.0)
     second.weight.data.fill_(1.0)
     second.weight.data[0, 0] = 100.0  # one huge score among 20: mean = (19 + 100) / 20 = 5.95
-    norms = {"a": torch.ones(4), "b": torch.ones(4)}
-    assert block_outlier_ratio({"a": first, "b": second}, norms, threshold=5.0) == pytest.approx(1 / 20)
-    assert block_outlier_ratio({"a": first, "b": second}, norms, threshold=20.0) == 0.0
+    norms = {"a": InputSquaredNorms(), "b": InputSquaredNorms()}
+    for statistic in norms.values():
+        statistic.add_batch(torch.ones(1, 4))
+    matrices = [PrunableMatrix("a", 0, first), PrunableMatrix("b", 0, second)]
+    assert block_outlier_ratio(matrices, norms, threshold=5.0) == pytest.approx(1 / 20)
+    assert block_outlier_ratio(matrices, norms, threshold=20.0) == 0.0
     # A large input norm makes a whole column of scores stand out, in both layers.
-    norms = {"a": torch.tensor([1.0, 1.0, 1.0, 400.0]), "b": torch.tensor([1.0, 1.0, 1.0, 400.0])}
+    for statistic in norms.values():
+        statistic.sums = torch.tensor([1.0, 1.0, 1.0, 400.0])  # squared norms: column 3 has norm 20
     second.weight.data[0, 0] = 1.0
-    assert block_outlier_ratio({"a": first, "b": second}, norms, threshold=3.0) == pytest.approx(5 / 20)
+    assert block_outlier_ratio(matrices, norms, threshold=3.0) == pytest.approx(5 / 20)
 
 
 def dense_reference_ratios(model: nn.Module, ids: torch.Tensor, threshold: float) -> list[float]:
     """Outlier ratios from hooks on a plain full forward of the dense model (no block replay)."""
-    _, blocks = find_blocks(model)
-    norms: dict[tuple[int, str], torch.Tensor] = {}
+    _, blocks = model_weights(model)
+    norms: dict[str, InputSquaredNorms] = {}
     handles = []
-    for i, block in enumerate(blocks):
-        for name, layer in find_prunable_layers(block, i).items():
-            def hook(module, args, output, key=(i, name)):
-                x = args[0].reshape(-1, args[0].shape[-1]).float().pow(2).sum(0)
-                norms[key] = x if key not in norms else norms[key] + x
-            handles.append(layer.register_forward_hook(hook))
+    for block in blocks:
+        for matrix in block.matrices:
+            norms[matrix.name] = InputSquaredNorms()
+            handles.append(matrix.module.register_forward_hook(
+                lambda module, args, output, s=norms[matrix.name]: s.add_batch(args[0])))
     with torch.no_grad():
         for window in ids:
             model(window.unsqueeze(0), use_cache=False)
     for handle in handles:
         handle.remove()
-    return [
-        block_outlier_ratio(find_prunable_layers(block, i),
-                            {name: norms[(i, name)] for name in find_prunable_layers(block, i)}, threshold)
-        for i, block in enumerate(blocks)
-    ]
+    return [block_outlier_ratio(block.matrices, norms, threshold) for block in blocks]
 
 
 def test_sequential_pass_sees_the_dense_activations(tiny_model, tiny_tokenizer, calibration_file):
     ids = calibration_windows(tiny_tokenizer, calibration_file, 2, 24, seed=0)
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     _, blocks = find_blocks(tiny_model)
-    inputs = capture_block_inputs(tiny_model, blocks[0], ids)
-    ratios = collect_outlier_ratios(blocks, inputs, threshold=2.0)
+    inputs = capture_block_inputs(tiny_model, blocks, ids)
+    matrices = [block.matrices for block in model_weights(tiny_model)[1]]
+    ratios = collect_outlier_ratios(blocks, matrices, inputs, threshold=2.0)
     assert ratios == pytest.approx(dense_reference_ratios(tiny_model, ids, 2.0), rel=1e-5, abs=1e-6)
     assert any(r > 0 for r in ratios)
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())

@@ -155,7 +155,7 @@ def test_magnitude_nm_pruning_leaves_n_nonzeros_per_group(case, data):
     scores, m = case
     n = data.draw(st.integers(1, m - 1))
     weight = (scores + 0.1) * torch.where(torch.rand(scores.shape) < 0.5, -1.0, 1.0)  # no zero to start with
-    pruned = MagnitudePruner(torch.nn.Identity(), "w").prune(weight, 0.0, (n, m))
+    pruned = MagnitudePruner("w").prune(weight, 0.0, (n, m))
     kept = (pruned != 0).reshape(weight.shape[0], -1, m).sum(dim=2)
     assert torch.all(kept == n)
     assert torch.equal(pruned[pruned != 0], weight[pruned != 0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from optimum_alpha import AlphaPruningConfig
 from optimum_alpha.data import load_texts
@@ -27,8 +26,7 @@ def reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, x: torch.Te
 
 
 def prune_with(method: str, weight: torch.Tensor, x: torch.Tensor, sparsity: float, nm=None) -> torch.Tensor:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    pruner = get_pruner_class(method)(layer, "layer")
+    pruner = get_pruner_class(method)("layer")
     for chunk in x.split(64):
         pruner.add_batch(chunk.unsqueeze(0))
     return pruner.prune(weight, sparsity, nm)
@@ -51,7 +49,7 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(seed, sparsity, 
 def test_achieved_sparsity_is_exact(sparsity, blocksize):
     weight = torch.randn(30, 50, generator=torch.Generator().manual_seed(3))
     x = correlated_inputs(200, 50, 4)
-    pruner = SparseGPTPruner(nn.Linear(50, 30), "layer", blocksize=blocksize)
+    pruner = SparseGPTPruner("layer", blocksize=blocksize)
     pruner.add_batch(x)
     pruned = pruner.prune(weight, sparsity)
     assert int((pruned == 0).sum()) == round(weight.numel() * sparsity)
@@ -59,14 +57,14 @@ def test_achieved_sparsity_is_exact(sparsity, blocksize):
 
 def test_zero_sparsity_leaves_the_weights_unchanged():
     weight = torch.randn(12, 40, generator=torch.Generator().manual_seed(12))
-    pruner = SparseGPTPruner(nn.Linear(40, 12), "layer", blocksize=16)
+    pruner = SparseGPTPruner("layer", blocksize=16)
     pruner.add_batch(correlated_inputs(100, 40, 13))
     assert torch.equal(pruner.prune(weight, 0.0), weight)
 
 
 def test_nm_pattern_holds_in_every_group():
     weight = torch.randn(16, 48, generator=torch.Generator().manual_seed(5))
-    pruner = SparseGPTPruner(nn.Linear(48, 16), "layer", blocksize=10)  # not a multiple of 8: rounded up
+    pruner = SparseGPTPruner("layer", blocksize=10)  # not a multiple of 8: rounded up
     pruner.add_batch(correlated_inputs(128, 48, 6))
     pruned = pruner.prune(weight, 0.0, (3, 8))
     kept_per_group = (pruned != 0).reshape(16, 6, 8).sum(dim=2)
@@ -77,7 +75,7 @@ def test_nm_pattern_holds_in_every_group():
 def test_half_precision_weights_keep_their_dtype(dtype):
     weight32 = torch.randn(24, 32, generator=torch.Generator().manual_seed(7))
     x = correlated_inputs(256, 32, 8)
-    pruner = SparseGPTPruner(nn.Linear(32, 24), "layer")
+    pruner = SparseGPTPruner("layer")
     pruner.add_batch(x.to(dtype))
     assert pruner.hessian.dtype == torch.float32
     pruned = pruner.prune(weight32.to(dtype), 0.5)
@@ -94,7 +92,7 @@ def test_dead_inputs_are_pruned_and_do_not_break_the_inverse():
     x = correlated_inputs(256, 32, 9)
     x[:, [3, 17]] = 0.0
     weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(10))
-    pruner = SparseGPTPruner(nn.Linear(32, 8), "layer", percdamp=0.0)
+    pruner = SparseGPTPruner("layer", percdamp=0.0)
     pruner.add_batch(x)
     pruned = pruner.prune(weight, 0.25)
     assert torch.isfinite(pruned).all()
@@ -103,7 +101,7 @@ def test_dead_inputs_are_pruned_and_do_not_break_the_inverse():
 
 def test_hessian_is_a_running_mean_of_token_outer_products():
     x = correlated_inputs(300, 12, 11)
-    pruner = SparseGPTPruner(nn.Linear(12, 4), "layer")
+    pruner = SparseGPTPruner("layer")
     for chunk in x.split([1, 99, 200]):
         pruner.add_batch(chunk)
     assert pruner.tokens == 300
@@ -114,8 +112,10 @@ def test_hessian_is_a_running_mean_of_token_outer_products():
 
 def test_invalid_options_raise_config_errors():
     with pytest.raises(ConfigError, match="percdamp"):
-        SparseGPTPruner(nn.Linear(4, 4), "layer", percdamp=-1)
-    pruner = SparseGPTPruner(nn.Linear(10, 4), "layer")
+        AlphaPruningConfig(method="sparsegpt", percdamp=-1)  # validated once, in the config
+    with pytest.raises(ConfigError, match="blocksize"):
+        AlphaPruningConfig(method="sparsegpt", blocksize=0)
+    pruner = SparseGPTPruner("layer")
     pruner.add_batch(torch.randn(20, 10))
     with pytest.raises(ConfigError, match="multiple of M"):
         pruner.prune(torch.randn(4, 10), 0.0, (2, 4))

@@ -1,4 +1,4 @@
-"""Bitmask compression of one sparse 2-D weight, in pure torch.
+"""Bitmask compression of one sparse 2-D weight (or 3-D fused expert tensor), in pure torch.
 
 The tensor layout follows the one compressed-tensors used for its ``sparse-bitmask`` format, so
 tools that know that layout recognise our checkpoints: for a weight ``<module>.weight`` we store
@@ -7,6 +7,10 @@ tools that know that layout recognise our checkpoints: for a weight ``<module>.w
 * ``<module>.bitmask``     - uint8 ``[rows, ceil(cols / 8)]``, one bit per element, little bit order;
 * ``<module>.row_offsets`` - int64 ``[rows]``, index in ``compressed`` where each row starts;
 * ``<module>.shape``       - int64 ``[2]``, the dense shape.
+
+A 3-D tensor (transformers' fused MoE experts, ``[E, rows, cols]``) is stored the same way as its
+``[E·rows, cols]`` view, with the 3-D ``shape``; its keys are ``<parameter key>.fused_<part>`` (see
+``sparse_files.py``), because such a parameter has no ``.weight`` suffix to replace.
 
 Everything runs on the tensor's own device (no numpy), so decompression also works on a GPU or
 inside transformers' threaded loader.
@@ -60,8 +64,10 @@ def worth_compressing(weight: torch.Tensor, mask: torch.Tensor | None = None) ->
 
     ``mask`` (``weight != 0``) may be passed in to avoid computing it twice.
     """
-    if weight.dim() != 2 or weight.dtype not in SUPPORTED_DTYPES or weight.numel() == 0:
+    if weight.dim() not in (2, 3) or weight.dtype not in SUPPORTED_DTYPES or weight.numel() == 0:
         return False
+    weight = weight.reshape(-1, weight.shape[-1])
+    mask = mask.reshape(weight.shape) if mask is not None else None
     nonzero = int(torch.count_nonzero(weight != 0 if mask is None else mask))
     return compressed_nbytes(weight, nonzero) < weight.numel() * weight.element_size()
 
@@ -72,11 +78,13 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str
     Exact zeros (including ``-0.0``) are the pruned entries; every other value, NaN included, is
     kept bit for bit.
     """
-    if weight.dim() != 2:
-        raise ValueError(f"bitmask compression needs a 2-D weight, got shape {tuple(weight.shape)}")
+    if weight.dim() not in (2, 3):
+        raise ValueError(f"bitmask compression needs a 2-D or 3-D weight, got shape {tuple(weight.shape)}")
     if weight.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"bitmask compression supports {SUPPORTED_DTYPES}, got {weight.dtype}")
-    weight = weight.detach().contiguous()
+    dense_shape = list(weight.shape)
+    weight = weight.detach().contiguous().reshape(-1, weight.shape[-1])
+    mask = mask.reshape(weight.shape) if mask is not None else None
     # `-0.0 != 0` is False, so negative zeros are dropped and come back as +0.0: both are pruned entries.
     mask = weight != 0 if mask is None else mask
     row_counts = torch.count_nonzero(mask, dim=1).to(torch.int64)
@@ -84,7 +92,7 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str
         "compressed": torch.masked_select(weight, mask),
         "bitmask": pack_mask(mask),
         "row_offsets": torch.cumsum(row_counts, 0) - row_counts,
-        "shape": torch.tensor(list(weight.shape), dtype=torch.int64, device=weight.device),
+        "shape": torch.tensor(dense_shape, dtype=torch.int64, device=weight.device),
     }
 
 
@@ -100,9 +108,10 @@ def decompress(
     values' dtype is kept, which makes the round trip bitwise exact.
     """
     dims = [int(d) for d in (shape.tolist() if isinstance(shape, torch.Tensor) else shape)]
-    if len(dims) != 2:
-        raise ValueError(f"bitmask shape must have 2 dimensions, got {dims}")
-    rows, cols = dims
+    if len(dims) not in (2, 3):
+        raise ValueError(f"bitmask shape must have 2 or 3 dimensions, got {dims}")
+    cols = dims[-1]
+    rows = dims[0] * dims[1] if len(dims) == 3 else dims[0]
     if tuple(bitmask.shape) != (rows, (cols + 7) // 8):
         raise ValueError(f"bitmask of shape {tuple(bitmask.shape)} does not fit a dense shape {dims}")
     mask = unpack_mask(bitmask, cols).to(compressed.device)
@@ -111,4 +120,5 @@ def decompress(
         raise ValueError(f"bitmask marks {kept} kept values but {compressed.numel()} values are stored")
     dense = torch.zeros((rows, cols), dtype=compressed.dtype, device=compressed.device)
     dense.masked_scatter_(mask, compressed)  # fills the kept positions in row-major order
+    dense = dense.reshape(dims)
     return dense if dtype is None else dense.to(dtype)

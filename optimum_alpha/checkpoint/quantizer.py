@@ -27,6 +27,8 @@ SENTINEL_MESSAGE = (
 )
 
 _SOURCE_PATTERNS = {suffix: rf"\.{suffix}" for suffix in bitmask.SUFFIXES}
+# A fused expert parameter ``<key>`` is stored as ``<key>.fused_<part>`` (see sparse_files.stored_keys).
+_FUSED_PATTERNS = {suffix: rf"\.fused_{suffix}" for suffix in bitmask.SUFFIXES}
 
 
 class AlphaSparseConfig(QuantizationConfigMixin):
@@ -66,7 +68,13 @@ class AlphaSparseConfig(QuantizationConfigMixin):
 
 
 class AlphaSparseDecompress(ConversionOps):
-    """Load operation: the four bitmask tensors of one module -> its dense weight."""
+    """Load operation: bitmask parts -> dense tensors.
+
+    It runs in three places: transformers' general converters for a module weight (``<module>.compressed``...
+    -> ``<module>.weight``) and for a fused expert parameter (``<key>.fused_compressed``... -> ``<key>``),
+    and first in a model's own converter that merges per-expert keys into a fused parameter
+    (``experts.*.w1.compressed``... -> the dense ``experts.*.w1.weight`` list the merge expects).
+    """
 
     def __init__(self, hf_quantizer: "AlphaSparseHfQuantizer") -> None:
         self.hf_quantizer = hf_quantizer  # its presence tells transformers not to cast the stored tensors
@@ -76,27 +84,52 @@ class AlphaSparseDecompress(ConversionOps):
         input_dict: dict[str, Any],
         model: torch.nn.Module | None = None,
         full_layer_name: str | None = None,
+        source_patterns: list[str] | None = None,
         **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        parts = {}
-        for suffix, pattern in _SOURCE_PATTERNS.items():
-            value = input_dict.get(pattern)
-            if value is None:
-                raise ValueError(
-                    f"alpha_sparse checkpoint is missing '{suffix}' for {full_layer_name}; the folder is "
-                    "incomplete, save it again with optimum_alpha.checkpoint.save_pruned"
-                )
-            parts[suffix] = value[0] if isinstance(value, list) else value
-        # transformers sorts checkpoint keys, so the marker `<module>.weight` (see sparse_files.py) comes
-        # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
+    ) -> dict[str, Any]:
         target_dtype = None
         if model is not None and full_layer_name is not None:
             try:
                 target_dtype = model.get_parameter(full_layer_name).dtype
             except AttributeError:
                 target_dtype = None
-        dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
-        return {full_layer_name: dense}
+        for patterns in (_SOURCE_PATTERNS, _FUSED_PATTERNS):
+            if patterns["compressed"] in input_dict:
+                parts = {suffix: _single(input_dict.get(pattern), suffix, full_layer_name)
+                         for suffix, pattern in patterns.items()}
+                # transformers sorts checkpoint keys, so the marker `<module>.weight` (sparse_files.py) comes
+                # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
+                dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
+                return {full_layer_name: dense}
+        return _decompress_expert_lists(input_dict, source_patterns or list(input_dict))
+
+
+def _single(value: Any, suffix: str, name: str | None) -> torch.Tensor:
+    if value is None:
+        raise ValueError(
+            f"alpha_sparse checkpoint is missing '{suffix}' for {name}; the folder is incomplete, save it again "
+            "with optimum_alpha.checkpoint.save_pruned"
+        )
+    return value[0] if isinstance(value, list) else value
+
+
+def _decompress_expert_lists(input_dict: dict[str, Any], source_patterns: list[str]) -> dict[str, Any]:
+    """In a per-expert merge: ``{"experts.*.w1.compressed": [...], ...}`` -> ``{"experts.*.w1.weight": [dense...]}``
+    in the order of the model converter's sources (gate before up), lists kept in checkpoint order."""
+    output: dict[str, Any] = {}
+    for pattern in source_patterns:
+        base, _, suffix = pattern.rpartition(".")
+        weight_pattern = f"{base}.weight"
+        if suffix == "weight" and pattern in input_dict:
+            output[weight_pattern] = input_dict[pattern]
+        elif suffix == "compressed" and pattern in input_dict:
+            parts = {s: input_dict.get(f"{base}.{s}") for s in bitmask.SUFFIXES}
+            if any(v is None or len(v) != len(parts["compressed"]) for v in parts.values()):
+                raise ValueError(f"alpha_sparse checkpoint has incomplete bitmask parts for {weight_pattern}")
+            output[weight_pattern] = [
+                bitmask.decompress(c, b, s) for c, b, s in zip(parts["compressed"], parts["bitmask"], parts["shape"])
+            ]
+    return output
 
 
 def _is_ours(conversion: Any) -> bool:
@@ -126,10 +159,21 @@ class LoadOnlyQuantizer(HfQuantizer):
 class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
-    serialized_names = {".weight": list(_SOURCE_PATTERNS.values())}
+    # Read by transformers' update_weight_conversions: a model converter that merges per-expert `.weight` keys
+    # also collects their bitmask parts and runs AlphaSparseDecompress first.
+    serialized_names = {"weight": ["weight", *bitmask.SUFFIXES]}
 
     def get_load_operations(self) -> dict:
         return {"deserialize": AlphaSparseDecompress, "dequantize": AlphaSparseDecompress}
+
+    def get_weight_conversions(self) -> list:
+        """Converters for what no model converter claims: module weights and fused expert parameters."""
+        from transformers.core_model_loading import WeightConverter
+
+        return [
+            WeightConverter(list(_SOURCE_PATTERNS.values()), ".weight", [AlphaSparseDecompress(self)]),
+            WeightConverter(list(_FUSED_PATTERNS.values()), "", [AlphaSparseDecompress(self)]),
+        ]
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first."""

@@ -104,36 +104,20 @@ def _without_gguf_state(model: nn.Module) -> Iterator[None]:
             setattr(config, key, value)
 
 
-def prunable_weight_keys(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``<module>.weight`` -> weight for every 2-D Linear-like layer that is not tied or the output head.
-
-    Those are the only weights pruning touches, so the only ones worth storing as bitmasks.
-    """
-    from transformers.pytorch_utils import Conv1D
-
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    seen: dict[int, int] = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        seen[id(param)] = seen.get(id(param), 0) + 1
-    found: dict[str, torch.Tensor] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, Conv1D)) or module is output:
-            continue
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.dim() != 2 or seen.get(id(weight), 0) > 1:
-            continue
-        found[f"{name}.weight"] = weight
-    return found
-
-
 def _zero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Module name -> (zeros, numel) for every prunable weight."""
+    """Matrix name -> (zeros, numel) for every prunable matrix inside the blocks (expert slices included)."""
+    from ..errors import ModelStructureError
+    from ..matrices import model_weights
+
+    try:
+        _, blocks = model_weights(model)
+    except ModelStructureError:
+        return {}
     counts = {}
-    for key, weight in prunable_weight_keys(model).items():
-        if weight.device.type == "meta":  # offloaded to disk: not counted here
-            continue
-        numel = weight.numel()
-        counts[key.removesuffix(".weight")] = (numel - int(torch.count_nonzero(weight.detach() != 0)), numel)
+    for block in blocks:
+        for matrix in block.matrices:
+            weight = matrix.read()
+            counts[matrix.name] = (matrix.numel - int(torch.count_nonzero(weight)), matrix.numel)
     return counts
 
 
@@ -186,7 +170,7 @@ def _write_folder(
     with _without_gguf_state(model):
         model.save_pretrained(folder, max_shard_size=max_shard_size)
     if fmt == "sparse":
-        compressed = compress_folder(folder, prunable_weight_keys(model))
+        compressed = compress_folder(folder)
         if compressed:
             sparsity = data.get("achieved_sparsity")
             write_quantization_config(folder, compressed, sparsity, data["library_version"])

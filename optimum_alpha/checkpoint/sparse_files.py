@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -44,16 +45,61 @@ def _sentinel_tensor() -> torch.Tensor:
     return torch.tensor(list(SENTINEL_MESSAGE.encode("ascii")), dtype=torch.uint8)
 
 
-def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
-    """Rewrite the shards of ``folder`` so every candidate weight that shrinks is stored as a bitmask.
+FUSED_PREFIX = "fused_"
 
-    ``candidates`` are checkpoint keys (``<module>.weight``) that may be compressed. Returns the
-    compressed module prefixes in file order. The first one also keeps a marker under its dense key
-    (see :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
+
+def family(key: str) -> str:
+    """``model.layers.3.mlp.experts.7.w1.weight`` -> ``model.layers.*.mlp.experts.*.w1.weight``.
+
+    transformers merges per-expert checkpoint keys into one fused parameter on load, collecting each
+    projection's experts as one list; every member of such a family must be stored the same way (all bitmask
+    or all dense), or the merged order would be lost. Whole families are therefore compressed or not.
     """
-    wanted = set(candidates)
+    return re.sub(r"\.\d+\.", ".*.", key)
+
+
+def stored_keys(key: str) -> dict[str, str]:
+    """Checkpoint keys of the four bitmask parts of ``key``: ``<module>.<part>`` for a ``.weight``,
+    ``<key>.fused_<part>`` for anything else (a 3-D fused expert parameter has no ``.weight`` to replace)."""
+    if key.endswith(".weight"):
+        prefix = bitmask.module_prefix(key)
+        return {suffix: f"{prefix}.{suffix}" for suffix in bitmask.SUFFIXES}
+    return {suffix: f"{key}.{FUSED_PREFIX}{suffix}" for suffix in bitmask.SUFFIXES}
+
+
+def _families_to_compress(shard_paths: list[Path], wanted: set[str] | None) -> set[str]:
+    """Families with at least one member that the bitmask layout makes smaller."""
+    families: set[str] = set()
+    for shard in shard_paths:
+        with safe_open(str(shard), framework="pt") as handle:
+            for key in handle.keys():
+                if (wanted is not None and key not in wanted) or family(key) in families:
+                    continue
+                value = handle.get_tensor(key)
+                if value.dim() in (2, 3) and bitmask.worth_compressing(value):
+                    families.add(family(key))
+    return families
+
+
+def _sentinel_key(key: str) -> bool:
+    """Where the no-plug-in marker may go: a plain module weight (at most a block index in its name, not a
+    per-expert key that a transformers converter merges into a fused parameter)."""
+    return key.endswith(".weight") and len(re.findall(r"\.\d+\.", key)) <= 1
+
+
+def compress_folder(folder: Path, candidates: Iterable[str] | None = None) -> list[str]:
+    """Rewrite the shards of ``folder`` so that sparse weights are stored as bitmasks.
+
+    Every 2-D or 3-D float tensor of a family (see :func:`family`) with a member that the layout shrinks is
+    compressed (``candidates``, checkpoint keys, restricts the choice when given). Returns the compressed
+    checkpoint keys in file order. One of them also keeps a marker under its dense key (see
+    :class:`~optimum_alpha.checkpoint.quantizer.AlphaSparseConfig`).
+    """
+    wanted = set(candidates) if candidates is not None else None
     shard_paths, index = _shards(folder)
+    families = _families_to_compress(shard_paths, wanted)
     compressed: list[str] = []
+    sentinel_written = False
     new_weight_map: dict[str, str] = {}
     total_size = 0
     for shard in shard_paths:
@@ -62,14 +108,15 @@ def compress_folder(folder: Path, candidates: Iterable[str]) -> list[str]:
             tensors: dict[str, torch.Tensor] = {}
             for key in handle.keys():
                 value = handle.get_tensor(key)
-                mask = value != 0 if key in wanted and value.dim() == 2 else None
-                if mask is not None and bitmask.worth_compressing(value, mask):
-                    prefix = bitmask.module_prefix(key)
-                    for suffix, part in bitmask.compress(value, mask).items():
-                        tensors[f"{prefix}.{suffix}"] = part
-                    if not compressed:
+                if (family(key) in families and (wanted is None or key in wanted) and value.dim() in (2, 3)
+                        and value.dtype in bitmask.SUPPORTED_DTYPES):
+                    names = stored_keys(key)
+                    for suffix, part in bitmask.compress(value).items():
+                        tensors[names[suffix]] = part
+                    if not sentinel_written and _sentinel_key(key):
                         tensors[key] = _sentinel_tensor()
-                    compressed.append(prefix)
+                        sentinel_written = True
+                    compressed.append(key)
                 else:
                     tensors[key] = value
         # Write beside and swap, so tensors still backed by the old file stay valid until replaced.
@@ -92,13 +139,14 @@ def write_quantization_config(
     """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
+    sentinel = next((key for key in compressed if _sentinel_key(key)), None)
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format": FORMAT,
         "sparsity_structure": "unstructured",
         "global_sparsity": global_sparsity,
-        "compressed_modules": compressed,
-        "sentinel": f"{compressed[0]}.weight" if compressed else None,
+        "compressed_modules": [bitmask.module_prefix(key) for key in compressed],
+        "sentinel": sentinel,
         "version": version,
     }
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -80,13 +80,14 @@ def _write_plots(
     model, report, metric: str, sparsities: list[float] | None, output: Path, count: int
 ) -> list[Path]:
     from ..esd import matrix_eigenvalues
-    from ..model_utils import weight_matrix
+    from ..matrices import model_weights
     from ..plotting import plot_block_profile, plot_esd_fit
 
     scores = [block.metrics[metric] for block in report.blocks]
     written = [plot_block_profile(scores, sparsities, output / f"block_{metric}.png", metric_name=metric)]
+    prunable = {m.name: m for block in model_weights(model)[1] for m in block.matrices}
     for matrix in _selected_matrices(report.matrices, metric, count):
-        eigenvalues = matrix_eigenvalues(weight_matrix(model.get_submodule(matrix.name)))
+        eigenvalues = matrix_eigenvalues(prunable[matrix.name].read())
         alpha = matrix.metrics["alpha_hill"]
         title = f"{matrix.name}: alpha_hill={alpha:.2f}"
         path = output / f"esd_{matrix.name}.png"

@@ -22,7 +22,7 @@ from .common import (
 )
 
 NAME = "prune"
-HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/magnitude and save it"
+HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/ALPS/magnitude and save it"
 DESCRIPTION = (
     "Load MODEL, measure the heavy-tailed spectrum (alpha) of every block, allocate the global sparsity\n"
     "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
@@ -34,7 +34,7 @@ DESCRIPTION = (
 )
 # Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
 # while the parser is built, and `optimum-cli --help` must stay instant.
-METHODS = ("wanda", "sparsegpt", "magnitude")
+METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
 ALLOCATIONS = ("alpha", "owl", "uniform")
 METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -50,6 +50,13 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "seqlen": None,
     "seed": 0,
     "nm": None,
+    "ignore": None,
+    "block_score": "mean",
+    "percdamp": 0.01,
+    "alps_rho": 0.1,
+    "alps_max_iter": 300,
+    "alps_pcg_iters": 10,
+    "alps_pcg_tol": 1e-4,
     "structure": "unstructured",
     "unstructured_sparsity": None,
     "structured_refit": True,
@@ -115,6 +122,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "tokens per calibration (and --eval) window; None means min(2048, model max positions)",
                  type=positive_int, metavar="N")
     _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
+    _config_flag(parser, "--ignore", "ignore",
+                 "keep matching block weights dense (repeatable): a module name or 're:REGEX', e.g. "
+                 "--ignore 're:.*self_attn.*'; MoE routers are kept dense anyway",
+                 action="append", metavar="PATTERN")
+    _config_flag(parser, "--block-score", "block_score",
+                 "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
+                 choices=("mean", "weighted"))
+    _config_flag(parser, "--percdamp", "percdamp",
+                 "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean diagonal", type=float,
+                 metavar="F")
+    _config_flag(parser, "--alps-rho", "alps_rho", "alps: initial ADMM penalty ρ₀", type=float, metavar="R")
+    _config_flag(parser, "--alps-max-iter", "alps_max_iter", "alps: most ADMM iterations per layer",
+                 type=positive_int, metavar="N")
+    _config_flag(parser, "--alps-pcg-iters", "alps_pcg_iters",
+                 "alps: conjugate-gradient iterations refitting the kept weights (0: no refit)", type=int,
+                 metavar="N")
+    _config_flag(parser, "--alps-pcg-tol", "alps_pcg_tol", "alps: relative residual at which the refit stops",
+                 type=float, metavar="T")
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
         "--format",
@@ -182,6 +207,11 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
     target = sum(b.target_sparsity * b.num_params for b in report.blocks) / params
     label = "block weights removed" if width_only else "total sparsity"
     print(f"{label}: {report.total_sparsity:.4f} (target {target:.4f})")
+    if report.ignored:
+        print(f"kept dense on purpose: {len(report.ignored)} weights ({sum(report.ignored.values())} parameters); "
+              f"sparsity over all block weights {report.block_weight_sparsity:.4f}")
+    if report.uncalibrated:
+        print(f"no calibration token reached {len(report.uncalibrated)} expert matrices; pruned by magnitude")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")

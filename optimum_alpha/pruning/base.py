@@ -5,24 +5,29 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
-
 from ..errors import ConfigError
 
 
 class LayerPruner:
-    """Prunes one Linear/Conv1D layer to a given sparsity.
+    """Prunes one prunable matrix (a Linear/Conv1D weight or one expert's slice) to a given sparsity.
 
-    The pipeline calls :meth:`add_batch` with the layer's inputs for every calibration sample (only when
+    The pipeline calls :meth:`add_batch` with the matrix's inputs for every calibration sample (only when
     ``needs_calibration``), then :meth:`prune` once. ``prune`` returns the new (out, in) weight matrix,
-    which the pipeline writes back wherever the layer lives (in memory, CPU offload or disk offload).
+    which the pipeline writes back wherever the weight lives (in memory, CPU offload or disk offload).
+    ``options`` names the :class:`~optimum_alpha.AlphaPruningConfig` fields passed to the constructor as
+    keyword arguments (validated once, by the config).
     """
 
     needs_calibration: bool = True
+    options: tuple[str, ...] = ()
 
-    def __init__(self, layer: nn.Module, name: str) -> None:
-        self.layer = layer
+    def __init__(self, name: str, **options: object) -> None:
         self.name = name
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether calibration inputs reached this matrix (an expert no token was routed to has none)."""
+        return True
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Accumulate statistics of one batch of inputs, shape (..., in_features)."""

@@ -5,6 +5,7 @@ Ties are broken by position, so masks are deterministic across runs and thread c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -24,11 +25,22 @@ def _lowest_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     """
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    threshold = _kth_smallest(scores, k)
     below = scores < threshold
     ties = scores == threshold
     slots = k - below.sum(dim=1, keepdim=True)
+    if bool((ties.sum(dim=1, keepdim=True) == slots).all()):  # usual case: no tie to split, skip the scan
+        return below | ties
     return below | (ties & (torch.cumsum(ties, dim=1) <= slots))
+
+
+def _kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest score of every row, shape (rows, 1). On CPU NumPy's introselect is several times
+    faster than ``torch.kthvalue`` (ALPS projects a whole matrix every iteration)."""
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        values = np.partition(scores.detach().numpy(), k - 1, axis=1)[:, k - 1 : k]
+        return torch.from_numpy(np.ascontiguousarray(values))
+    return torch.kthvalue(scores, k, dim=1, keepdim=True).values
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -40,6 +52,15 @@ def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Remove the lowest-scoring ``sparsity`` fraction of the whole matrix (one threshold per matrix)."""
     flat = scores.reshape(1, -1)
     return _lowest_per_row(flat, count_to_prune(flat.shape[1], sparsity)).view_as(scores)
+
+
+def check_nm_columns(columns: int, nm: tuple[int, int] | None, name: str) -> None:
+    """Fail before any work when a layer's input dimension cannot hold whole groups of M."""
+    if nm is not None and columns % nm[1]:
+        raise ConfigError(
+            f"N:M pattern {nm[0]}:{nm[1]} needs the input dimension to be a multiple of M, but {name} "
+            f"has {columns}; choose an M that divides it."
+        )
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

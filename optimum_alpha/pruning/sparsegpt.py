@@ -14,47 +14,35 @@ import torch
 
 from ..errors import ConfigError
 from .base import LayerPruner, register_pruner
-from .masks import count_to_prune, nm_mask
+from .gram import update_gram
+from .masks import check_nm_columns, count_to_prune, nm_mask
 
 
 @register_pruner("sparsegpt")
 class SparseGPTPruner(LayerPruner):
     """Accumulates the layer Hessian over the calibration tokens, then prunes with OBS updates."""
 
-    def __init__(self, layer, name: str, percdamp: float = 0.01, blocksize: int = 128) -> None:
-        super().__init__(layer, name)
-        if percdamp < 0:
-            raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
-        if blocksize < 1:
-            raise ConfigError(f"blocksize must be >= 1, got {blocksize}.")
+    options = ("percdamp", "blocksize")
+
+    def __init__(self, name: str, percdamp: float = 0.01, blocksize: int = 128, **options: object) -> None:
+        super().__init__(name)
         self.percdamp = float(percdamp)
         self.blocksize = int(blocksize)
         self.hessian: torch.Tensor | None = None  # running mean of 2·xxᵀ, float32, (in, in)
         self.tokens = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
-        # A running mean (rescale, then add the new share) keeps H bounded however many tokens are seen.
-        flat = inputs.reshape(-1, inputs.shape[-1]).float()
-        count = flat.shape[0]
-        if count == 0:
-            return
-        if self.hessian is None:
-            self.hessian = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=flat.device)
-        total = self.tokens + count
-        self.hessian.mul_(self.tokens / total)
-        scaled = flat * (2.0 / total) ** 0.5
-        self.hessian.addmm_(scaled.T, scaled)
-        self.tokens = total
+        self.hessian, self.tokens = update_gram(self.hessian, self.tokens, inputs, factor=2.0)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.hessian is not None
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         if self.hessian is None:
             raise RuntimeError(f"SparseGPT needs calibration inputs for {self.name}, but none were recorded.")
         rows, cols = weight.shape
-        if nm is not None and cols % nm[1]:
-            raise ConfigError(
-                f"N:M pattern {nm[0]}:{nm[1]} needs the input dimension to be a multiple of M, but {self.name} "
-                f"has {cols}; choose an M that divides it."
-            )
+        check_nm_columns(cols, nm, self.name)
         w = weight.detach().to(device=self.hessian.device, dtype=torch.float32).clone()
         inverse_factor = self._inverse_hessian_factor(w)
         pruned = self._prune_columns(w, inverse_factor, sparsity, nm)

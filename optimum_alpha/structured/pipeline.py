@@ -10,27 +10,21 @@ bad input refused, before block 0 changes.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..allocation import allocate
 from ..calibration import BlockInputs, run_block
 from ..configuration import AlphaPruningConfig
 from ..errors import ConfigError, ModelStructureError
-from ..owl import collect_outlier_ratios, owl_allocation
 from ..report import BlockReport, PruningReport
 from .apply import shrink_block
 from .checkpoint import record_widths
 from .layout import BlockLayout, WidthPlan, block_layout, max_fraction, plan_block
 from .refit import reconstruction_error, refit
 from .saliency import GramCollector, channel_energy, head_columns, select_heads, top_sorted
-
-
-def _run_block(block: torch.nn.Module, inputs: BlockInputs, index: int, keep_outputs: bool = True):
-    """Adapter to main's coming ``run_block(block, inputs, block_index, keep_outputs)``; delete after merge."""
-    return run_block(block, inputs, keep_outputs=keep_outputs)
 
 
 def _kv_groups(layout: BlockLayout, config: AlphaPruningConfig) -> bool:
@@ -48,22 +42,14 @@ def width_bound(layouts: Sequence[BlockLayout], config: AlphaPruningConfig) -> f
     return min(config.max_sparsity, bound)
 
 
-def block_fractions(pruner: Any, config: AlphaPruningConfig, layouts: Sequence[BlockLayout], bound: float,
-                    show_progress: bool = False) -> tuple[list[float], list[float | None]]:
-    """Each block's share of its weights to remove, from the uniform, alpha or OWL allocation."""
-    counts = [layout.params() for layout in layouts]
-    if config.allocation == "uniform":
-        return [float(config.sparsity)] * len(layouts), [None] * len(layouts)
-    if config.allocation == "owl":
-        inputs, _ = pruner._calibration_inputs(config)
-        ratios = collect_outlier_ratios(pruner.blocks, inputs, config.owl_threshold, show_progress)
-        return owl_allocation(ratios, counts, config.sparsity, config.owl_lambda, bound), list(ratios)
-    report = pruner.esd_report
-    if report is None or report.fix_finger != config.fix_finger:
-        report = pruner.analyze(fix_finger=config.fix_finger, show_progress=show_progress)
-    scores = [b.metrics[config.metric] for b in report.blocks]
-    fractions = allocate(scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=bound)
-    return fractions, scores
+def block_fractions(pruner: Any, config: AlphaPruningConfig, bound: float, show_progress: bool = False
+                    ) -> tuple[list[float], list[float | None]]:
+    """Each block's share of its weights to remove, from the pipeline's own uniform, alpha or OWL allocation
+    (block granularity, every block bounded to ``bound``)."""
+    allocation_config = replace(config.unstructured_stage(), sparsity=config.sparsity, max_sparsity=bound, nm=None)
+    blocks = pruner.block_weights(allocation_config)
+    targets, scores = pruner.allocate(allocation_config, show_progress, blocks)
+    return [targets[block.matrices[0].name] for block in blocks], scores
 
 
 def _check_nm_after(plans: Sequence[WidthPlan], layouts: Sequence[BlockLayout], m: int) -> None:
@@ -85,7 +71,7 @@ def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: 
     o_proj, down_proj = layout.attention.o_proj, layout.mlp.down_proj
     stats = GramCollector(o_proj), GramCollector(down_proj)
     try:
-        _run_block(block, inputs, index, keep_outputs=False)
+        run_block(block, inputs, index, keep_outputs=False)
     finally:
         for collector in stats:
             collector.close()
@@ -122,7 +108,7 @@ def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = 
             "without disk offload (device_map) for structure='width'."
         )
     bound = width_bound(layouts, config)
-    fractions, scores = block_fractions(pruner, config, layouts, bound, show_progress)
+    fractions, scores = block_fractions(pruner, config, bound, show_progress)
     plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
              for i, (layout, fraction) in enumerate(zip(layouts, fractions))]
     if config.sparsifies_after_width and config.nm_group is not None:
@@ -141,7 +127,7 @@ def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = 
         report.blocks.append(BlockReport(index=index, score=scores[index], target_sparsity=fractions[index],
                                          achieved_sparsity=outcome["removed_fraction"],
                                          num_params=layout.params(), seconds=0.0))
-        inputs.hidden_states = _run_block(block, inputs, index)
+        inputs.hidden_states = run_block(block, inputs, index)
         report.blocks[-1].seconds = time.perf_counter() - block_start
         report.elapsed_s = time.perf_counter() - start
     report.completed = True
