@@ -55,10 +55,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def block_params(model: torch.nn.Module) -> int:
-    from optimum_alpha.model_utils import find_blocks, find_prunable_layers
+    from optimum_alpha.model_utils import find_blocks
 
-    return sum(layer.weight.numel() for i, block in enumerate(find_blocks(model)[1])
-               for layer in find_prunable_layers(block, i).values())
+    return sum(module.weight.numel() for block in find_blocks(model)[1] for module in block.modules()
+               if isinstance(module, torch.nn.Linear))
 
 
 class Dense:
