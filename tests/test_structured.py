@@ -186,6 +186,17 @@ def test_impossible_fractions_fail_before_anything_changes(options, error, tiny_
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
 
 
+def test_nan_weight_in_a_late_block_fails_before_block_0_changes(tiny_tokenizer):
+    model = make_model("llama")
+    with torch.no_grad():
+        model.model.layers[2].mlp.up_proj.weight[0, 0] = float("nan")
+    weights = _weights(model)
+    with pytest.raises(ModelStructureError, match="layers.2.mlp.up_proj"):
+        prune(model, tiny_tokenizer, sparsity=0.3, allocation="uniform")
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in weights.items() if k != "model.layers.2.mlp.up_proj.weight")
+
+
 def test_heads_not_dividing_kv_groups_and_unsupported_blocks_are_refused(tiny_tokenizer):
     model = make_model("llama")
     model.model.layers[1].self_attn.k_proj = torch.nn.Linear(64, 3 * 16, bias=False)  # 4 heads, 3 groups

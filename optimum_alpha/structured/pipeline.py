@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..calibration import BlockInputs, run_block
 from ..configuration import AlphaPruningConfig
 from ..errors import ConfigError, ModelStructureError
+from ..model_utils import check_finite
 from ..report import BlockReport, PruningReport
 from .apply import shrink_block
 from .checkpoint import record_widths
@@ -107,6 +108,10 @@ def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = 
             "Width pruning rebuilds the blocks' Linear layers, so the weights must be in memory; load the model "
             "without disk offload (device_map) for structure='width'."
         )
+    for index, block in enumerate(pruner.blocks):  # a NaN in block k fails before block 0 is touched
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                check_finite(module.weight.data, f"{pruner.blocks_path}.{index}.{name}")
     bound = width_bound(layouts, config)
     fractions, scores = block_fractions(pruner, config, bound, show_progress)
     plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
@@ -141,9 +146,11 @@ def prune_structured(pruner: Any, config: AlphaPruningConfig, show_progress: boo
     width_report = prune_widths(pruner, config, show_progress)
     if not config.sparsifies_after_width:
         return pruner.model, width_report
+    stage = config.unstructured_stage()
     pruner.esd_report = None  # stale: the spectra of the smaller matrices drive the second allocation
     if config.allocation == "alpha":
-        pruner.analyze(fix_finger=config.fix_finger, show_progress=show_progress)
-    model, report = pruner.prune(config.unstructured_stage(), show_progress)
+        pruner.analyze(fix_finger=config.fix_finger, show_progress=show_progress, block_score=config.block_score,
+                       config=stage)
+    model, report = pruner.prune(stage, show_progress)
     report.structured = width_report.structured
     return model, report
