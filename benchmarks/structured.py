@@ -20,15 +20,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ModelFactory, machine_description, markdown_table  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from benchmarks.common import ModelFactory, machine_description, markdown_table
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -194,13 +195,13 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     command = "OMP_NUM_THREADS=1 python benchmarks/structured.py " + shlex.join(argv or sys.argv[1:])
     text = "\n\n".join([
         f"{datetime.date.today()}, `{command.strip()}`, {machine_description()}, {time.perf_counter() - start:.0f} s",
-        f"Calibration: {args.nsamples} C4 windows x {args.seqlen} tokens; WikiText-2 test, {args.max_windows} "
-        f"windows x {args.eval_seqlen} tokens; {args.quality_fraction:.0%} of block weights removed; head_sparsity "
-        f"{args.head_sparsity if args.head_sparsity is not None else 'the block share'}.",
+        (f"Calibration: {args.nsamples} C4 windows x {args.seqlen} tokens; WikiText-2 test, {args.max_windows} "
+         f"windows x {args.eval_seqlen} tokens; {args.quality_fraction:.0%} of block weights removed; "
+         f"head_sparsity {args.head_sparsity if args.head_sparsity is not None else 'the block share'}."),
         quality,
-        f"Speed: batch 1, {torch.get_num_threads()} thread(s), median and best of {args.repeats} interleaved "
-        "repeats (the best is the least disturbed by other processes on a shared CPU); "
-        "models loaded back from their saved folders with AutoModelForCausalLM.from_pretrained.",
+        (f"Speed: batch 1, {torch.get_num_threads()} thread(s), median and best of {args.repeats} interleaved "
+         "repeats (the best is the least disturbed by other processes on a shared CPU); "
+         "models loaded back from their saved folders with AutoModelForCausalLM.from_pretrained."),
         speed,
     ])
     print(text, flush=True)

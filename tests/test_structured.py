@@ -8,9 +8,9 @@ import re
 
 import pytest
 import torch
+from conftest import TINY_POSITIONS, TINY_VOCAB, make_tiny_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from conftest import TINY_POSITIONS, TINY_VOCAB, make_tiny_model
 from optimum_alpha import AlphaPruner, AlphaPruningConfig, load_pruned
 from optimum_alpha.errors import ConfigError, ModelStructureError
 from optimum_alpha.structured.layout import block_layout
@@ -22,8 +22,8 @@ FAST = {"nsamples": 4, "seqlen": 32, "calibration_dataset": "c4"}
 def make_model(kind: str) -> torch.nn.Module:
     """Tiny Llama (GQA 4:2), Qwen3 (q/k norms, GQA 4:2), wide-GQA Llama (8:2) and MHA Llama (4:4)."""
     torch.manual_seed(0)
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, vocab_size=TINY_VOCAB,
-                  max_position_embeddings=TINY_POSITIONS, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    common = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "vocab_size": TINY_VOCAB,
+              "max_position_embeddings": TINY_POSITIONS, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
     if kind == "llama":
         return make_tiny_model("llama", layers=3)
     if kind == "qwen3":
@@ -60,7 +60,7 @@ def test_budget_is_met_and_blocks_stay_finite(kind, allocation, tiny_tokenizer):
     before = block_params(model)
     hidden = model.config.hidden_size
     outputs = []
-    pruner, report = prune(model, tiny_tokenizer, sparsity=0.3, allocation=allocation)
+    _, report = prune(model, tiny_tokenizer, sparsity=0.3, allocation=allocation)
     after = block_params(model)
     removed = 1 - sum(after) / sum(before)
     assert removed == pytest.approx(0.3, abs=3 * hidden * len(before) / sum(before))
@@ -246,7 +246,7 @@ def test_smollm2_width_30_percent_saves_smaller_and_loads_identically(tmp_path):
     pruner = AlphaPruner.from_pretrained("smollm2-135m", show_progress=False, run_analysis=False)
     before = sum(block_params(pruner.model))
     config = AlphaPruningConfig(structure="width", sparsity=0.3, allocation="uniform", nsamples=2, seqlen=64)
-    model, report = pruner.prune(config, show_progress=False)
+    model, _ = pruner.prune(config, show_progress=False)
     assert 1 - sum(block_params(model)) / before == pytest.approx(0.3, abs=2e-3)
     pruner.save_pretrained(tmp_path / "out", format="dense")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")

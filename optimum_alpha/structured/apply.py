@@ -7,7 +7,7 @@ same function sizes empty blocks before a checkpoint's weights are loaded (:func
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -11,8 +11,9 @@ other way the smaller weights do not fit the full-size modules: a size-mismatch 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 from transformers.utils.quantization_config import QuantizationConfigMixin

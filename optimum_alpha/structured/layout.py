@@ -83,6 +83,8 @@ def block_layout(block: nn.Module, index: int) -> BlockLayout:
             f"{where}: {heads} query heads do not divide into {kv_heads} key/value groups, so heads cannot be "
             "removed evenly per group; check the model's num_attention_heads / num_key_value_heads."
         )
+    if o.in_features != q.out_features:
+        raise ModelStructureError(f"{where}: o_proj reads {o.in_features} inputs, q_proj gives {q.out_features}.")
     if gate.out_features != up.out_features or down.in_features != gate.out_features:
         raise ModelStructureError(f"{where}: gate/up/down projections disagree on the intermediate size.")
     width = BlockWidth(heads, kv_heads, gate.out_features)

@@ -10,8 +10,9 @@ bad input refused, before block 0 changes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
