@@ -339,12 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alloc: per-block allocations only (ESD, no pruning); solver: layer solvers compared "
                         "(perplexity, pruning time and their ratios; default sparsegpt vs alps)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="default: magnitude wanda sparsegpt (table 1), sparsegpt alps (solver), wanda (tables 2 "
-                        "and eps)")
+                   help="default: magnitude wanda sparsegpt (table 1), sparsegpt alps (solver), wanda "
+                        "(tables 2 and eps)")
     p.add_argument("--allocations", nargs="+", default=None,
                    help="default: uniform owl alpha (uniform alpha for the solver table)")
     p.add_argument("--sparsities", type=float, nargs="+", default=None,
-                   help="default: 0.5 0.6 0.7 0.8 (table 1), 0.6 0.7 0.8 0.9 (solver), 0.7 (tables 2 and eps)")
+                   help="default: 0.5 0.6 0.7 0.8 (table 1), 0.6 0.7 0.8 0.9 (solver), 0.7 (tables 2 "
+                        "and eps)")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="default: all six (table 2), alpha_hill (other tables)")
     p.add_argument("--epsilon", type=float, default=0.3, help="ε of tables 1 and 2")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,61 @@ def parse_nm(nm: str | None) -> tuple[int, int] | None:
     if not 0 < n < m:
         raise ConfigError(f"N:M pattern {nm!r} needs 0 < N < M (N weights kept per group of M), e.g. '2:4'.")
     return n, m
+
+
+def _describe(value: Any) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against a field's declared type (bool/int/float/str, optionally ``| None``).
+
+    Numbers must be real numbers, finite, and whole for ``int`` fields (``64.0`` becomes ``64``); strings
+    are never parsed into numbers, so ``"0.5"`` from a hand-written JSON file is refused with a message
+    rather than failing later inside ``prune()``.
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        if len(options) != 1:
+            return value
+        annotation = options[0]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false (bool), got {_describe(value)}.")
+        return value
+    if annotation in (int, float):
+        kind = "a whole number (int)" if annotation is int else "a number (float)"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            hint = f"; write {value.strip()} without quotes" if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{name} must be {kind}, got {_describe(value)}{hint}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        if annotation is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{name} must be {kind}, got {value!r}.")
+            return int(value)
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {_describe(value)}.")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_field_types(config: Any) -> None:
+    """Check (and normalise) every dataclass field of ``config`` by its declared type; fields added later
+    are covered without further code."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        setattr(config, field.name, _coerce(field.name, getattr(config, field.name), hints.get(field.name, Any)))
 
 
 @dataclass
@@ -142,6 +201,7 @@ class AlphaPruningConfig:
     head_sparsity: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
         if self.method not in METHODS:
@@ -174,7 +234,8 @@ class AlphaPruningConfig:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
-        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters, float(self.alps_pcg_tol))
+        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters,
+                           float(self.alps_pcg_tol))
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
@@ -272,9 +333,15 @@ class AlphaPruningConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"Config file {path} does not exist.") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"Config file {path} is not valid JSON: {err}.") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"Config file {path} is not valid UTF-8 JSON: {err}.") from err
+        except OSError as err:
+            raise ConfigError(f"Config file {path} cannot be read: {err}.") from err
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"Config file {path} must hold a JSON object of AlphaPruningConfig fields, got {type(data).__name__}."
+            )
         return cls.from_dict(data)

@@ -67,6 +67,10 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_tokenizer(name_or_path: str, **kwargs: Any):
     """The model's tokenizer, or None when the source has none."""
     from transformers import AutoTokenizer
@@ -91,13 +95,21 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
     gguf = kwargs.get("gguf_file")
     if gguf and Path(name).is_dir() and not (Path(name) / gguf).is_file():
         raise CheckpointError(f"GGUF file {gguf} does not exist in {name}; check file_name= and the folder.")
+    if not gguf and (Path(name) / "config.json").is_file():
+        from .checkpoint.verify import check_checkpoint_folder
+
+        check_checkpoint_folder(Path(name))
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except AlphaPruningError:
+        raise
     except OSError as err:
         raise CheckpointError(
-            f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
+            f"Could not load model {model_or_id!r}: {_first_line(err)} "
             "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
         ) from err
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # bad options, unknown or corrupt model
+        raise CheckpointError(f"Could not load model {model_or_id!r}: {_first_line(err)}") from err
     tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
     model.eval()
     return model, load_tokenizer(name, **tok_kwargs)

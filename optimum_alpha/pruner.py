@@ -6,13 +6,10 @@ Follows optimum's quantizer pattern (``OptimumQuantizer``: ``from_pretrained`` +
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate.utils import align_module_device
@@ -27,6 +24,7 @@ from .data import calibration_windows
 from .errors import CalibrationDataError, CheckpointError, ModelStructureError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
+from .interrupts import hold_interrupts
 from .matrices import BlockWeights, PrunableMatrix, check_covered, model_weights
 from .model_utils import check_finite, find_blocks
 from .models import base_model_id, load_model
@@ -324,12 +322,12 @@ class AlphaPruner(OptimumQuantizer):
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
-        from .checkpoint.save import check_save_target
+        from .checkpoint.save import check_save_request
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
         config = AlphaPruningConfig(**kwargs)
-        # A folder that save_pretrained would refuse is refused now, before the model is pruned.
-        check_save_target(Path(save_dir).expanduser().resolve(), bool(save_kwargs.get("overwrite", False)))
+        # Whatever save_pretrained would refuse (folder, format, shard size) is refused before pruning.
+        check_save_request(save_dir, **save_kwargs)
         self.prune(config)
         return self.save_pretrained(save_dir, **save_kwargs)
 
@@ -361,7 +359,7 @@ class AlphaPruner(OptimumQuantizer):
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool | str = False) -> Path:
         """Save the pruned model (``sparse`` bitmask or ``dense`` safetensors), tokenizer, metadata and card."""
         from .checkpoint import save_pruned
 
@@ -381,23 +379,3 @@ class AlphaPruner(OptimumQuantizer):
         return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
-@contextlib.contextmanager
-def hold_interrupts() -> Iterator[None]:
-    """Delay SIGINT (Ctrl-C) until the block exits, then deliver it to the previous handler.
-
-    Only the main thread can set signal handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held and previous is not signal.SIG_IGN:
-        if callable(previous):
-            previous(signal.SIGINT, held[0])
-        else:
-            raise KeyboardInterrupt

@@ -11,6 +11,24 @@ from ..errors import CheckpointError
 _LOGIN_HINT = "run `hf auth login`, set the HF_TOKEN environment variable, or pass token=..."
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of the HTTP clients huggingface_hub may use (httpx, requests)."""
+    found: list[type[BaseException]] = []
+    try:
+        import httpx
+
+        found.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        found.append(requests.exceptions.RequestException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 def _explain(error: Exception, repo_id: str) -> CheckpointError:
     """Turn a huggingface_hub failure into a one-line CheckpointError that names the fix."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
@@ -66,4 +84,9 @@ def push_folder_to_hub(
         )
     except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
         raise _explain(error, repo_id) from error
+    except (OSError, *_network_errors()) as error:  # no connection, DNS, TLS, time-out
+        raise CheckpointError(
+            f"pushing {repo_id} failed: the Hub could not be reached ({error or type(error).__name__}); "
+            "check the network (or HF_ENDPOINT) and push again with push_folder_to_hub"
+        ) from error
     return str(getattr(repo_url, "url", repo_url))

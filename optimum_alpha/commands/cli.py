@@ -12,10 +12,11 @@ import argparse
 import sys
 from typing import NoReturn, Sequence
 
+from ..interrupts import INTERRUPTED_EXIT_CODE
 from . import analyze, evaluate, prune
 
 USAGE_ERROR = 2
-INTERRUPTED = 130
+INTERRUPTED = INTERRUPTED_EXIT_CODE
 SUBCOMMANDS = (analyze, prune, evaluate)
 
 
@@ -91,8 +92,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "optimum-alpha") -> int:
     """Entry point of ``optimum-alpha`` and, with ``prog="optimum-cli alpha-prune"``, of the optimum plug-in."""
-    args = build_parser(prog).parse_args(argv)
-    return run_command(args)
+    from ..interrupts import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # `timeout`, `docker stop`, SLURM: stop like a Ctrl-C
+            return run_command(build_parser(prog).parse_args(argv))
+    except KeyboardInterrupt:
+        fail("interrupted", code=INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,10 +94,14 @@ def model_slug(model: str) -> str:
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse an existing file or non-empty folder unless ``--overwrite``: the same rule as every save."""
-    from ..checkpoint.save import check_save_target
+    """For commands that add files to --output (nothing is deleted): refuse a file, or a non-empty folder
+    unless ``--overwrite``."""
+    from ..errors import CheckpointError
 
-    check_save_target(path, overwrite)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"--output {path} is a file; pass a folder path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"--output {path} already exists and is not empty; pass --overwrite or choose another folder")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

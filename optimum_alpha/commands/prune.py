@@ -12,7 +12,6 @@ from .common import (
     add_eval_arguments,
     add_model_arguments,
     add_output_arguments,
-    check_output_dir,
     format_memory,
     format_table,
     load_kwargs,
@@ -142,6 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="T")
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
+        "--force-overwrite",
+        action="store_true",
+        help="with an existing --output that is not a checkpoint written by optimum-alpha: replace the "
+        "checkpoint files in it anyway (its other files are kept)",
+    )
+    parser.add_argument(
         "--format",
         choices=("sparse", "dense"),
         default="sparse",
@@ -225,8 +230,11 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
+    from ..checkpoint.save import check_save_request
+
     output = args.output if args.output is not None else default_output(args.model, config)
-    check_output_dir(output, args.overwrite)
+    overwrite = "force" if args.force_overwrite else args.overwrite
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
     if isinstance(config.calibration_dataset, str):
         from ..data import load_texts
 
@@ -252,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         ppl["dataset"] = args.eval_dataset
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=args.overwrite)
+                               overwrite=overwrite)
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
             pruner.push_to_hub(args.push_to_hub)

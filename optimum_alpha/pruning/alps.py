@@ -49,14 +49,16 @@ SETTLED_CHANGE = 3e-4
 def check_alps_options(rho: float, max_iter: int, pcg_iters: int, pcg_tol: float) -> None:
     """Reject option values the solver cannot use, naming the fix (shared with the config)."""
     if not rho > 0:
-        raise ConfigError(f"alps_rho (ALPS's initial ADMM penalty ρ₀) must be > 0, got {rho}; the paper uses 0.1.")
+        raise ConfigError(f"alps_rho (ALPS's initial ADMM penalty ρ₀) must be > 0, got {rho}; the paper uses "
+                          "0.1.")
     for field, value in (("alps_max_iter", max_iter), ("alps_pcg_iters", pcg_iters)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{field} must be a whole number, got {value!r}.")
     if max_iter < 1:
         raise ConfigError(f"alps_max_iter must be >= 1, got {max_iter}; the paper uses 300.")
     if pcg_iters < 0:
-        raise ConfigError(f"alps_pcg_iters must be >= 0 (0 skips the refit), got {pcg_iters}; the paper uses 10.")
+        raise ConfigError(f"alps_pcg_iters must be >= 0 (0 skips the refit), got {pcg_iters}; the paper "
+                          "uses 10.")
     if not pcg_tol > 0:
         raise ConfigError(f"alps_pcg_tol must be > 0, got {pcg_tol}; the paper uses 1e-4.")
 
@@ -192,7 +194,8 @@ def admm_support(
 
 
 def pcg_on_support(
-    hessian: torch.Tensor, target: torch.Tensor, w: torch.Tensor, kept: torch.Tensor, iterations: int, tol: float
+    hessian: torch.Tensor, target: torch.Tensor, w: torch.Tensor, kept: torch.Tensor, iterations: int,
+    tol: float,
 ) -> torch.Tensor:
     """Minimise every row's (w − w₀)Hₙ(w − w₀)ᵀ over its support by batched CG (one row = one system).
 
