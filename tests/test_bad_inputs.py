@@ -149,7 +149,7 @@ def model_with_linearless_block(block: int) -> nn.Module:
 
 def test_block_without_linear_layers_is_named_by_analysis():
     with pytest.raises(ModelStructureError) as info:
-        AlphaPruner.from_pretrained(model_with_linearless_block(1), show_progress=False)
+        AlphaPruner.from_pretrained(model_with_linearless_block(1), run_analysis=True, show_progress=False)
     fragments_in(info.value, "Block 1 (LlamaDecoderLayer)", "no nn.Linear or Conv1D", "already quantized or fused")
 
 

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_model
 from optimum_alpha.checkpoint import save_pruned
-from optimum_alpha.checkpoint import save as save_module
 from optimum_alpha.checkpoint import target as target_module
 from optimum_alpha.errors import CheckpointError
 

@@ -11,11 +11,12 @@ a normal dense checkpoint.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from transformers.core_model_loading import ConversionOps
-from transformers.quantizers import HfQuantizer
+from transformers.quantizers.base import HfQuantizer  # not the package: see _registration.py
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import CheckpointError
@@ -26,6 +27,10 @@ FORMAT = "sparse-bitmask"
 SENTINEL_MESSAGE = (
     "alpha_sparse checkpoint: install optimum-alpha and run `import optimum_alpha` before from_pretrained"
 )
+
+# A second marker whose *name* is the message: transformers prints unknown keys in its load report, so a user
+# without the plug-in reads what to install right in the output (the report never shows tensor contents).
+MARKER_KEY = "INSTALL_optimum-alpha.then.import_optimum_alpha.before.from_pretrained"
 
 _SOURCE_PATTERNS = {suffix: rf"\.{suffix}" for suffix in bitmask.SUFFIXES}
 # A fused expert parameter ``<key>`` is stored as ``<key>.fused_<part>`` (see sparse_files.stored_keys).
@@ -220,6 +225,12 @@ class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
         resize_from_config(model, required=False)
         return model
 
+    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        """The named marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
+        ignored = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+        model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(MARKER_KEY)}
+        return model
+
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         """Forget our load-only converters: the model is dense now, and ``save_pretrained`` would
         otherwise try to reverse them (they have no reverse) when writing a new checkpoint."""
@@ -288,3 +299,6 @@ def register() -> None:
 
     register_method(QUANT_METHOD, AlphaSparseConfig, AlphaSparseHfQuantizer)
     register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)
+
+
+register()  # on import: see optimum_alpha/_registration.py

@@ -215,7 +215,8 @@ def _write_folder(
         compressed = compress_folder(folder, compressor)
         if compressed:
             sparsity = data.get("achieved_sparsity")
-            write_quantization_config(folder, compressed, sparsity, data["library_version"])
+            structure = data.get("sparsity_structure") or "unstructured"
+            write_quantization_config(folder, compressed, sparsity, data["library_version"], structure)
         data["compressed_modules"] = len(compressed)
     else:
         with _without_gguf_state(model):

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from . import bitmask
-from .quantizer import FORMAT, QUANT_METHOD, SENTINEL_MESSAGE
+from .quantizer import FORMAT, MARKER_KEY, QUANT_METHOD, SENTINEL_MESSAGE
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -102,6 +102,7 @@ class ShardCompressor:
             out[names[suffix]] = part
         if not self.sentinel_written and _sentinel_key(key):
             out[key] = _sentinel_tensor()
+            out[MARKER_KEY] = _sentinel_tensor()  # its name is the message transformers prints without us
             self.sentinel_written = True
         self.compressed.append(key)
 
@@ -214,7 +215,8 @@ def compress_folder(folder: Path, compressor: ShardCompressor | None = None) -> 
 
 
 def write_quantization_config(
-    folder: Path, compressed: list[str], global_sparsity: float | None, version: str
+    folder: Path, compressed: list[str], global_sparsity: float | None, version: str,
+    structure: str = "unstructured",
 ) -> None:
     """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``."""
     config_path = folder / "config.json"
@@ -223,7 +225,7 @@ def write_quantization_config(
     config["quantization_config"] = {
         "quant_method": QUANT_METHOD,
         "format": FORMAT,
-        "sparsity_structure": "unstructured",
+        "sparsity_structure": structure,  # "unstructured", "2:4" or "mixed:8", as pruned
         "global_sparsity": global_sparsity,
         "compressed_modules": [bitmask.module_prefix(key) for key in compressed],
         "sentinel": sentinel,
