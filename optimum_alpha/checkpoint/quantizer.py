@@ -219,14 +219,11 @@ class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
         ]
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first."""
+        """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first. The named
+        marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
         from ..structured.checkpoint import resize_from_config
 
         resize_from_config(model, required=False)
-        return model
-
-    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        """The named marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
         ignored = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(MARKER_KEY)}
         return model
