@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts, sigterm_as_interrupt
+from ..structured.checkpoint import add_width_quantization_config
 from .model_card import build_model_card
 from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
 from .target import (
@@ -220,10 +221,11 @@ def _write_folder(
     else:
         with _without_gguf_state(model):
             model.save_pretrained(folder, max_shard_size=max_shard_size)
+    card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     chart = _write_chart(folder, data)
-    build_model_card(data, fmt=fmt, chart_file=chart).save(folder / "README.md")
+    build_model_card(data, fmt=card_format, chart_file=chart).save(folder / "README.md")
     # Written last: the manifest of every file of this save, so an overwrite deletes nothing else.
     data[MANIFEST_KEY] = sorted(os.listdir(folder)) + [METADATA_FILE]
     (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
