@@ -18,7 +18,8 @@ install: $(BIN)/python
 
 demo: install
 	$(BIN)/optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha \
-		--nsamples 32 --seqlen 512 --eval --max-windows 20 --output outputs/smollm2-135m-alpha-wanda-50 --overwrite
+		--nsamples 32 --seqlen 512 --eval --eval-seqlen 512 --max-windows 20 \
+		--output outputs/smollm2-135m-alpha-wanda-50 --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

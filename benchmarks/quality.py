@@ -32,9 +32,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ModelFactory, Session, machine_description, markdown_table  # noqa: E402
+from optimum_alpha.esd import canonical_metric  # noqa: E402
 
 SHAPE_METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy")
-SCALE_METRICS = ("frobenius_norm", "spectral_norm")
+SCALE_METRICS = ("frobenius_norm_sq", "spectral_norm_sq")
 ALL_METRICS = SHAPE_METRICS + SCALE_METRICS
 
 
@@ -375,7 +376,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     args.sparsities = args.sparsities or ([0.5, 0.6, 0.7, 0.8] if table_one
                                           else [0.6, 0.7, 0.8, 0.9] if solver else [0.7])
     args.allocations = args.allocations or (["uniform", "alpha"] if solver else ["uniform", "owl", "alpha"])
-    args.metrics = args.metrics or (list(ALL_METRICS) if args.table == "2" else ["alpha_hill"])
+    args.metrics = [canonical_metric(m) for m in args.metrics] if args.metrics else (
+        list(ALL_METRICS) if args.table == "2" else ["alpha_hill"])
     session = Session(args.model, factory=model_factory, show_progress=args.progress)
     runner = Runner(session, args)
     start = time.perf_counter()

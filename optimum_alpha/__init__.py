@@ -1,12 +1,39 @@
-"""optimum-alpha: AlphaPruning (heavy-tailed layer-wise sparsity) for Hugging Face causal LMs."""
+"""optimum-alpha: AlphaPruning (heavy-tailed layer-wise sparsity) for Hugging Face causal LMs.
+
+The public names load on first use (PEP 562), so ``import optimum_alpha`` and the command line's ``--help``
+stay instant; importing the package still teaches transformers our two ``quant_method`` values
+(``alpha_sparse`` checkpoints, ``alpha_pruning`` prune-on-load), see :mod:`optimum_alpha._registration`.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from ._registration import install as _install_registration
 
 __version__ = "0.1.0"
 
-from .configuration import AlphaPruningConfig  # noqa: E402
-from .pruner import AlphaPruner  # noqa: E402
-from .checkpoint import load_pruned  # noqa: E402
-from .checkpoint.quantizer import register as _register_alpha_sparse  # noqa: E402
+_EXPORTS = {
+    "AlphaPruner": ".pruner",
+    "AlphaPruningConfig": ".configuration",
+    "load_pruned": ".checkpoint",
+    "save_pruned": ".checkpoint",
+}
 
-_register_alpha_sparse()  # plain AutoModel*.from_pretrained can now load alpha_sparse checkpoints
+_install_registration()
 
-__all__ = ["AlphaPruner", "AlphaPruningConfig", "__version__", "load_pruned"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'optimum_alpha' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["AlphaPruner", "AlphaPruningConfig", "__version__", "load_pruned", "save_pruned"]

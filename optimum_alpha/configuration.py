@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+import numbers
+import types
+import typing
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
 from .allocation import check_epsilon, check_sparsity
 from .errors import ConfigError
-from .esd import BLOCK_SCORES, METRICS
+from .esd import BLOCK_SCORES, METRICS, canonical_metric
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 from .pruning.alps import check_alps_options
@@ -19,6 +26,8 @@ ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
 DEFAULT_MAX_SEQLEN = 2048
 MIXED_NM_PREFIX = "mixed:"
+# ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
+QUANT_METHOD = "alpha_pruning"
 
 
 def check_owl_threshold(threshold: float) -> None:
@@ -60,9 +69,66 @@ def parse_nm(nm: str | None) -> tuple[int, int] | None:
     return n, m
 
 
-@dataclass
-class AlphaPruningConfig:
-    """Configuration of one pruning run.
+def _describe(value: Any) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against a field's declared type (bool/int/float/str, optionally ``| None``).
+
+    Numbers must be real numbers, finite, and whole for ``int`` fields (``64.0`` becomes ``64``); strings
+    are never parsed into numbers, so ``"0.5"`` from a hand-written JSON file is refused with a message
+    rather than failing later inside ``prune()``.
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        if len(options) != 1:
+            return value
+        annotation = options[0]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false (bool), got {_describe(value)}.")
+        return value
+    if annotation in (int, float):
+        kind = "a whole number (int)" if annotation is int else "a number (float)"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            hint = f"; write {value.strip()} without quotes" if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{name} must be {kind}, got {_describe(value)}{hint}.")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        if annotation is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{name} must be {kind}, got {value!r}.")
+            return int(value)
+        return float(value)
+    if annotation is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {_describe(value)}.")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_field_types(config: Any) -> None:
+    """Check (and normalise) every dataclass field of ``config`` by its declared type; fields added later
+    are covered without further code."""
+    hints = typing.get_type_hints(type(config))
+    for spec in fields(config):
+        setattr(config, spec.name, _coerce(spec.name, getattr(config, spec.name), hints.get(spec.name, Any)))
+
+
+@dataclass(repr=False)
+class AlphaPruningConfig(QuantizationConfigMixin):
+    """Configuration of one pruning run; also a transformers quantization config (``quant_method``
+    ``"alpha_pruning"``), so ``AutoModelForCausalLM.from_pretrained(id, quantization_config=config)`` returns
+    the pruned model (see :mod:`optimum_alpha.checkpoint.prune_on_load`).
 
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
@@ -89,6 +155,9 @@ class AlphaPruningConfig:
         alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
             settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
             kept weights (iterations, relative residual tolerance). Defaults are the paper's.
+        tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
+            (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
+        dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
         ignore: weights inside the blocks to keep dense, as module-name patterns (``"re:.*self_attn.*"`` for a
             regular expression matched from the start of the name, else an exact name or name suffix). Expert
             matrices are named ``<experts module>.<expert>.{gate,up,down}_proj``. Routers are kept dense
@@ -97,6 +166,9 @@ class AlphaPruningConfig:
         block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
             matrix counts once) or ``weighted`` by parameter count.
     """
+
+    # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
+    quant_method: str = field(default=QUANT_METHOD, init=False)
 
     sparsity: float = 0.5
     method: str = "wanda"
@@ -122,8 +194,13 @@ class AlphaPruningConfig:
     ignore: list[str] | None = None
     prune_routers: bool = False
     block_score: str = "mean"
+    tokenizer: Any = None
+    dataset: InitVar[Any] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, dataset: Any = None) -> None:
+        if dataset is not None:
+            self.calibration_dataset = dataset
+        check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
         if self.method not in METHODS:
@@ -132,6 +209,7 @@ class AlphaPruningConfig:
             raise ConfigError(
                 f"Unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATION_METHODS)}."
             )
+        self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
             raise ConfigError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
         if self.granularity not in GRANULARITIES:
@@ -186,6 +264,26 @@ class AlphaPruningConfig:
         pattern = self.nm_pattern
         return pattern[1] if pattern else self.nm_mixed_group
 
+    @property
+    def sparsity_structure(self) -> str:
+        """``"2:4"``, ``"mixed:8"`` or ``"unstructured"``: what config.json, the card and the CLI report."""
+        pattern = self.nm_pattern
+        if pattern is not None:
+            return f"{pattern[0]}:{pattern[1]}"
+        mixed = self.nm_mixed_group
+        return f"{MIXED_NM_PREFIX}{mixed}" if mixed is not None else "unstructured"
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The sparsity the run aims at: 1 - N/M under a fixed N:M pattern (which overrides ``sparsity``)."""
+        pattern = self.nm_pattern
+        return 1.0 - pattern[0] / pattern[1] if pattern is not None else float(self.sparsity)
+
+    @property
+    def uses_esd(self) -> bool:
+        """Whether the allocation reads the ESD analysis (only ``alpha``, and not under a fixed N:M pattern)."""
+        return self.allocation == "alpha" and self.nm_pattern is None
+
     def resolve_seqlen(self, max_positions: int | None) -> int:
         """The calibration window length for a model with ``max_positions`` positions."""
         limit = max_positions or DEFAULT_MAX_SEQLEN
@@ -198,30 +296,55 @@ class AlphaPruningConfig:
         return int(self.seqlen)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not isinstance(self.calibration_dataset, (str, Path)):
-            data["calibration_dataset"] = f"<{type(self.calibration_dataset).__name__}>"
-        elif isinstance(self.calibration_dataset, Path):
-            data["calibration_dataset"] = str(self.calibration_dataset)
+        """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["calibration_dataset"] = _json_value(self.calibration_dataset)
+        data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlphaPruningConfig":
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, data: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
+        """Inverse of :meth:`to_dict` (also transformers' signature); unknown fields are an error."""
+        data = {k: v for k, v in {**data, **kwargs}.items() if k != "quant_method"}
+        known = {f.name for f in fields(cls) if f.init} | {"dataset"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Unknown config field(s) {unknown}; valid fields: {', '.join(sorted(known))}.")
-        return cls(**data)
+        config = cls(**data)
+        return (config, {}) if return_unused_kwargs else config
 
     def to_json_file(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __deepcopy__(self, memo: dict) -> "AlphaPruningConfig":
+        """transformers deep-copies the model config, ours included: share the tokenizer and dataset objects
+        (every other field is an immutable value), rather than copying a tokenizer or an Arrow table."""
+        return copy.copy(self)
+
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlphaPruningConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ConfigError(f"Config file {path} does not exist.") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"Config file {path} is not valid JSON: {err}.") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"Config file {path} is not valid UTF-8 JSON: {err}.") from err
+        except OSError as err:
+            raise ConfigError(f"Config file {path} cannot be read: {err}.") from err
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"Config file {path} must hold a JSON object of AlphaPruningConfig fields, got {type(data).__name__}."
+            )
         return cls.from_dict(data)
+
+
+def _json_value(value: Any, name: str | None = None) -> Any:
+    """A JSON stand-in for a config value: strings and None as they are, paths as text, objects by name/type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return name or f"<{type(value).__name__}>"

@@ -30,21 +30,68 @@ def shipped_path(name: str) -> Path:
     return Path(str(resources.files("optimum_alpha") / "data" / SHIPPED_DATASETS[name]))
 
 
-def _read_file(path: Path) -> list[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line)["text"] for line in handle if line.strip()]
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data if isinstance(data, list) else data.get("text", data.get("data", []))
-        return [row["text"] if isinstance(row, dict) else str(row) for row in rows]
-    if suffix == ".parquet":
-        from datasets import Dataset
+def _text_rows(rows: Any, path: Any) -> list[str]:
+    """Every row as a string: a row is a string or an object whose ``text`` is one."""
+    if not isinstance(rows, list):
+        raise CalibrationDataError(
+            f"{path} holds a JSON {type(rows).__name__}; expected a list of rows or an object with a 'text' field"
+        )
+    texts = []
+    for number, row in enumerate(rows, 1):
+        text = row.get("text") if isinstance(row, dict) else row
+        if not isinstance(text, str):
+            what = "has no 'text' field" if isinstance(row, dict) and "text" not in row else (
+                f"has a {type(text).__name__} where a string 'text' is needed")
+            raise CalibrationDataError(f"row {number} of {path} {what}; every row needs a string 'text'.")
+        texts.append(text)
+    return texts
 
-        return list(Dataset.from_parquet(str(path))["text"])
+
+def _read_json_rows(path: Path) -> list[str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):  # {"text": "one document"}, {"text": [...]} or {"data": [...]}
+        if isinstance(data.get("text"), str):
+            return [data["text"]]
+        data = data.get("text", data.get("data"))
+        if data is None:
+            raise CalibrationDataError(f"{path} is a JSON object without a 'text' or 'data' field.")
+    return _text_rows(data, path)
+
+
+def _read_parquet_rows(path: Path) -> list[str]:
+    import pyarrow.parquet as pq  # installed with datasets; read directly so nothing is cached or logged
+
+    try:
+        columns = pq.read_schema(path).names
+        if "text" not in columns:
+            raise CalibrationDataError(f"{path} has no 'text' column (columns: {columns}).")
+        rows = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    except CalibrationDataError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise CalibrationDataError(f"{path} is not a readable parquet file ({str(err).splitlines()[0]}).") from err
+    return _text_rows(rows, path)
+
+
+def _read_file(path: Path) -> list[str]:
+    """Text rows of a calibration file; every malformed file is a :class:`CalibrationDataError`."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            return [path.read_text(encoding="utf-8")]
+        if suffix == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                return _text_rows([json.loads(line) for line in handle if line.strip()], path)
+        if suffix == ".json":
+            return _read_json_rows(path)
+        if suffix == ".parquet":
+            return _read_parquet_rows(path)
+    except UnicodeDecodeError as err:
+        raise CalibrationDataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8.") from err
+    except json.JSONDecodeError as err:
+        raise CalibrationDataError(f"{path} is not valid JSON ({err}).") from err
+    except OSError as err:
+        raise CalibrationDataError(f"{path} cannot be read ({err}).") from err
     raise CalibrationDataError(
         f"Unsupported data file {path}: use a {', '.join(TEXT_SUFFIXES)} file with a 'text' field per row."
     )
@@ -62,17 +109,12 @@ def load_texts(source: Any) -> list[str]:
                 f"Data source {source!r} is neither a shipped dataset ({', '.join(SHIPPED_DATASETS)}) nor an "
                 f"existing file. Pass one of those names or the path of a {'/'.join(TEXT_SUFFIXES)} file."
             )
-        try:
-            rows = _read_file(path)
-        except (KeyError, TypeError, json.JSONDecodeError) as err:
-            raise CalibrationDataError(
-                f"Could not read text rows from {path}: {err}. Each row needs a 'text' field."
-            ) from err
+        rows = _read_file(path)
         label = str(path)
     elif hasattr(source, "column_names"):
         if "text" not in source.column_names:
             raise CalibrationDataError(f"The dataset has no 'text' column (columns: {source.column_names}).")
-        rows = list(source["text"])
+        rows = _text_rows(list(source["text"]), "the given dataset")
         label = "the given dataset"
     else:
         raise CalibrationDataError(f"Unsupported data source of type {type(source).__name__}.")

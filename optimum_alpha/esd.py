@@ -10,8 +10,9 @@ values of W. Metrics (AlphaPruning paper, section 3.2, 4.2 and appendix C), with
 * ``alpha_hat``: α · log10(λ_max) (Martin et al., 2021).
 * ``stable_rank``: ‖W‖_F² / ‖W‖_2² = Σλ / λ_max.
 * ``entropy``: spectral entropy -1/ln(R) · Σ p_i ln p_i with p_i = λ_i / Σλ and R the numerical rank.
-* ``frobenius_norm``: ‖W‖_F² = Σλ (squared, as in the paper).
-* ``spectral_norm``: ‖W‖_2² = λ_max (squared, as in the paper).
+* ``frobenius_norm_sq``: ‖W‖_F² = Σλ, the *squared* Frobenius norm (what the paper's "FrobeniusNorm" computes).
+* ``spectral_norm_sq``: ‖W‖_2² = λ_max, the *squared* spectral norm (the paper's "SpectralNorm").
+  The names before 0.2, ``frobenius_norm`` and ``spectral_norm``, are accepted everywhere as aliases.
 
 Low alpha means a heavier tail, i.e. a better-trained matrix, which AlphaPruning prunes less.
 """
@@ -32,7 +33,18 @@ from .errors import ConfigError, ModelStructureError
 from .matrices import PrunableMatrix, model_weights
 from .model_utils import check_finite
 
-METRICS: tuple[str, ...] = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+METRICS: tuple[str, ...] = (
+    "alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq"
+)
+# Old names of the squared norms, which said "norm" for a squared value; still accepted.
+METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
+
+
+def canonical_metric(name: str) -> str:
+    """A metric's current name (maps the old ``frobenius_norm`` / ``spectral_norm`` aliases)."""
+    return METRIC_ALIASES.get(name, name)
+
+
 FixFinger = Literal["reference", "strict"]
 HISTOGRAM_BINS = 100
 # An eigenvalue of a float64 Gram matrix is exact to about N·eps·λ_max; below ZERO_EIGENVALUE_ULPS times
@@ -146,8 +158,8 @@ def spectrum_metrics(eigenvalues: torch.Tensor, fix_finger: FixFinger = "referen
         "alpha_hat": fit.alpha * math.log10(lam_max),
         "stable_rank": total / lam_max,
         "entropy": entropy,
-        "frobenius_norm": total,
-        "spectral_norm": lam_max,
+        "frobenius_norm_sq": total,
+        "spectral_norm_sq": lam_max,
     }
     return metrics, fit
 
@@ -202,6 +214,7 @@ class ESDReport:
         else:
             raise ConfigError(f"Unknown granularity {granularity!r}; use 'block' or 'matrix'.")
         units = list(units)
+        metric = canonical_metric(metric)
         if units and metric not in units[0].metrics:
             raise ConfigError(
                 f"Metric {metric!r} was not computed; available: {', '.join(units[0].metrics)}. "
@@ -226,8 +239,12 @@ class ESDReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ESDReport":
-        matrices = [MatrixSpectrum(**{**m, "shape": tuple(m["shape"])}) for m in data["matrices"]]
-        blocks = [BlockSpectrum(**b) for b in data.get("blocks", [])]
+        def renamed(metrics: dict) -> dict:  # esd.json written before the squared norms were renamed
+            return {canonical_metric(k): v for k, v in metrics.items()}
+
+        matrices = [MatrixSpectrum(**{**m, "shape": tuple(m["shape"]), "metrics": renamed(m["metrics"])})
+                    for m in data["matrices"]]
+        blocks = [BlockSpectrum(**{**b, "metrics": renamed(b["metrics"])}) for b in data.get("blocks", [])]
         return cls(matrices, blocks, data.get("fix_finger", "reference"), data.get("blocks_path", ""),
                    data.get("block_score", "mean"))
 
@@ -270,7 +287,7 @@ def analyze(
 ) -> ESDReport:
     """ESD metrics of every prunable matrix inside the transformer blocks (embeddings/LM head excluded):
     Linear/Conv1D weights and each expert's slices of fused expert parameters; routers stay out."""
-    wanted = tuple(metrics) if metrics else METRICS
+    wanted = tuple(dict.fromkeys(canonical_metric(m) for m in metrics)) if metrics else METRICS
     unknown = [m for m in wanted if m not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {unknown}; choose from {', '.join(METRICS)}.")

@@ -37,20 +37,24 @@ def input_device(model: Any) -> torch.device:
     return weight.device
 
 
-@torch.no_grad()
-def perplexity(
-    model: Any,
-    tokenizer: Any,
-    dataset: Any = "wikitext2",
-    seqlen: int | None = None,
-    max_windows: int | None = None,
-    show_progress: bool = True,
-) -> float:
-    """WikiText-2 (or any text source) perplexity of a causal LM.
+_LAST_TOKENS: dict[tuple[int, str], torch.Tensor] = {}
 
-    ``seqlen`` defaults to min(2048, the model's max positions); ``max_windows`` evaluates only the first
-    windows (state it when reporting numbers).
-    """
+
+def _tokens(tokenizer: Any, dataset: Any) -> torch.Tensor:
+    """The evaluation token stream, kept for the last (tokenizer, named dataset): the CLI asks for the protocol
+    and then the perplexity, before and after pruning, and WikiText-2 takes seconds to tokenize."""
+    if not isinstance(dataset, str):
+        return evaluation_tokens(tokenizer, dataset)
+    key = (id(tokenizer), dataset)
+    if key not in _LAST_TOKENS:
+        _LAST_TOKENS.clear()
+        _LAST_TOKENS[key] = evaluation_tokens(tokenizer, dataset)
+    return _LAST_TOKENS[key]
+
+
+def _windows(model: Any, tokenizer: Any, dataset: Any, seqlen: int | None,
+             max_windows: int | None) -> tuple[torch.Tensor, int, int]:
+    """(token stream, window length, window count) of the protocol; every argument error is raised here."""
     if tokenizer is None:
         raise CalibrationDataError(
             "Perplexity needs a tokenizer, but this model has none; pass tokenizer= or load a model folder "
@@ -63,12 +67,39 @@ def perplexity(
         raise ConfigError(
             f"seqlen {seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
         )
-    ids = evaluation_tokens(tokenizer, dataset)
+    ids = _tokens(tokenizer, dataset)
     windows = ids.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, int(max_windows))
     if windows < 1:
         raise ConfigError(f"The evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}.")
+    return ids, int(seqlen), int(windows)
+
+
+def evaluation_protocol(model: Any, tokenizer: Any, dataset: Any = "wikitext2", seqlen: int | None = None,
+                        max_windows: int | None = None) -> dict[str, Any]:
+    """``{"dataset", "seqlen", "windows"}`` that :func:`perplexity` will use: what a reported number means.
+    Raises the same errors as :func:`perplexity`, before any forward pass."""
+    _, seqlen, windows = _windows(model, tokenizer, dataset, seqlen, max_windows)
+    name = dataset if isinstance(dataset, str) else f"<{type(dataset).__name__}>"
+    return {"dataset": name, "seqlen": seqlen, "windows": windows}
+
+
+@torch.no_grad()
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any = "wikitext2",
+    seqlen: int | None = None,
+    max_windows: int | None = None,
+    show_progress: bool = True,
+) -> float:
+    """WikiText-2 (or any text source) perplexity of a causal LM.
+
+    ``seqlen`` defaults to min(2048, the model's max positions); ``max_windows`` evaluates only the first
+    windows (state it when reporting numbers: :func:`evaluation_protocol` gives the exact protocol).
+    """
+    ids, seqlen, windows = _windows(model, tokenizer, dataset, seqlen, max_windows)
     device = input_device(model)
     was_training = model.training
     model.eval()

@@ -67,14 +67,49 @@ def resolve_model_source(model_id: str | Path) -> tuple[str, dict[str, Any]]:
     return text, {}
 
 
-def load_tokenizer(name_or_path: str, **kwargs: Any):
-    """The model's tokenizer, or None when the source has none."""
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+# from_pretrained options that say where the files are: the tokenizer is read from the same place.
+SOURCE_OPTIONS = ("gguf_file", "revision", "subfolder", "token", "trust_remote_code", "cache_dir",
+                  "local_files_only", "proxies")
+
+
+def load_tokenizer(name_or_path: str, required: bool = False, **kwargs: Any):
+    """The model's tokenizer, or None when the source has none (an error naming the source if ``required``)."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, TypeError) as err:
+        if required:
+            raise CheckpointError(
+                f"Could not load a tokenizer from {name_or_path!r}: {_first_line(err)}; pass a tokenizer "
+                "object, a folder holding tokenizer files, or a Hub id."
+            ) from err
         logger.warning("No tokenizer could be loaded from %s (%s).", name_or_path, err)
+        return None
+
+
+def load_config(model_id: str | Path, **from_pretrained_kwargs: Any):
+    """The model's transformers config alone (no weights), for checks before the slow load; None when it
+    cannot be read (the model load then reports why)."""
+    from transformers import AutoConfig
+
+    name, extra = resolve_model_source(model_id)
+    kwargs = {**extra, **from_pretrained_kwargs}
+    if "gguf_file" in kwargs:  # transformers reads the whole GGUF file for its config: not a quick check
+        return None
+    if (Path(name) / "config.json").is_file():  # a damaged local folder is reported as load_model would
+        from .checkpoint.verify import check_checkpoint_folder
+
+        check_checkpoint_folder(Path(name))
+    options = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
+    try:
+        return AutoConfig.from_pretrained(name, **options)
+    except Exception as err:  # noqa: BLE001 - only an early check: the model load reports the real problem
+        logger.info("Config of %s not readable before loading (%s)", model_id, err)
         return None
 
 
@@ -91,13 +126,21 @@ def load_model(model_or_id: Any, **from_pretrained_kwargs: Any):
     gguf = kwargs.get("gguf_file")
     if gguf and Path(name).is_dir() and not (Path(name) / gguf).is_file():
         raise CheckpointError(f"GGUF file {gguf} does not exist in {name}; check file_name= and the folder.")
+    if not gguf and (Path(name) / "config.json").is_file():
+        from .checkpoint.verify import check_checkpoint_folder
+
+        check_checkpoint_folder(Path(name))
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except AlphaPruningError:
+        raise
     except OSError as err:
         raise CheckpointError(
-            f"Could not load model {model_or_id!r}: {str(err).splitlines()[0]} "
+            f"Could not load model {model_or_id!r}: {_first_line(err)} "
             "(offline? set HF_HUB_OFFLINE=0 and log in, or pass a local folder)."
         ) from err
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # bad options, unknown or corrupt model
+        raise CheckpointError(f"Could not load model {model_or_id!r}: {_first_line(err)}") from err
+    tok_kwargs = {key: kwargs[key] for key in SOURCE_OPTIONS if key in kwargs}
     model.eval()
     return model, load_tokenizer(name, **tok_kwargs)

@@ -6,13 +6,10 @@ Follows optimum's quantizer pattern (``OptimumQuantizer``: ``from_pretrained`` +
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate.utils import align_module_device
@@ -27,6 +24,7 @@ from .data import calibration_windows
 from .errors import CalibrationDataError, CheckpointError, ModelStructureError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
+from .interrupts import hold_interrupts
 from .matrices import BlockWeights, PrunableMatrix, check_covered, model_weights
 from .model_utils import check_finite, find_blocks
 from .models import base_model_id, load_model
@@ -47,7 +45,8 @@ class AlphaPruner(OptimumQuantizer):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        self.esd_report: ESDReport | None = None
+        self._esd_report: ESDReport | None = None
+        self.analysis_options: dict[str, Any] = {"fix_finger": "reference", "show_progress": True}
         self.last_report: PruningReport | None = None
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
@@ -59,14 +58,22 @@ class AlphaPruner(OptimumQuantizer):
         model_or_path: Any,
         file_name: str | None = None,
         tokenizer: Any = None,
-        run_analysis: bool = True,
+        run_analysis: bool = False,
         fix_finger: str = "reference",
         show_progress: bool = True,
         **from_pretrained_kwargs: Any,
     ) -> "AlphaPruner":
         """Wrap a loaded model, or load one (hub id, folder, ``.gguf`` file, ``"smollm2-135m"``) through
-        ``AutoModelForCausalLM.from_pretrained`` with ``from_pretrained_kwargs`` (``device_map``, ``dtype``...),
-        then run the ESD analysis. ``file_name`` is a GGUF file inside the given folder."""
+        ``AutoModelForCausalLM.from_pretrained`` with ``from_pretrained_kwargs`` (``device_map``, ``dtype``,
+        ``revision``, ``subfolder``, ``token``...; the tokenizer is loaded with the same source options).
+        ``file_name`` is a GGUF file inside the given folder; ``tokenizer`` a tokenizer or its name/folder.
+
+        The ESD analysis runs when an allocation first needs it (``allocation="alpha"``), so uniform, OWL and
+        fixed N:M runs never pay for it; ``run_analysis=True`` runs it now."""
+        if isinstance(tokenizer, (str, Path)):
+            from .models import load_tokenizer
+
+            tokenizer = load_tokenizer(str(tokenizer), required=True)
         if isinstance(model_or_path, nn.Module):
             model, source = model_or_path, getattr(getattr(model_or_path, "config", None), "_name_or_path", None)
         else:
@@ -77,18 +84,30 @@ class AlphaPruner(OptimumQuantizer):
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
             source = str(model_or_path)
         pruner = cls(model, tokenizer, source)
+        pruner.analysis_options = {"fix_finger": fix_finger, "show_progress": show_progress}
         if run_analysis:
             pruner.analyze(fix_finger=fix_finger, show_progress=show_progress)
         return pruner
+
+    @property
+    def esd_report(self) -> ESDReport:
+        """The ESD analysis, run on first access (so only the runs that read it pay for it)."""
+        if self._esd_report is None:
+            self.analyze(**self.analysis_options)
+        return self._esd_report  # type: ignore[return-value]
+
+    @esd_report.setter
+    def esd_report(self, report: ESDReport | None) -> None:
+        self._esd_report = report
 
     def analyze(self, fix_finger: str = "reference", show_progress: bool = True, block_score: str = "mean",
                 config: AlphaPruningConfig | None = None) -> ESDReport:
         """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights, over the
         prunable matrices (``config.ignore`` / ``prune_routers`` decide which)."""
         matrices = [m for block in self.block_weights(config) for m in block.matrices]
-        self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
-                                  matrices=matrices, block_score=block_score)
-        return self.esd_report
+        self._esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
+                                   matrices=matrices, block_score=block_score)
+        return self._esd_report
 
     def block_weights(self, config: AlphaPruningConfig | None = None) -> list[BlockWeights]:
         """Every block's weights sorted into prunable matrices, ignored (dense on purpose) and uncovered."""
@@ -122,7 +141,7 @@ class AlphaPruner(OptimumQuantizer):
             return {matrix.name: float(config.sparsity) for matrix in matrices}, [None] * len(self.blocks)
         if config.allocation == "owl":
             return self._owl_targets(config, blocks, max_sparsity, show_progress)
-        report = self.esd_report
+        report = self._esd_report  # None until an allocation first needs it
         names = [matrix.name for matrix in matrices]
         if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
                 or [spectrum.name for spectrum in report.matrices] != names):
@@ -225,16 +244,22 @@ class AlphaPruner(OptimumQuantizer):
         The model is run in eval mode (dropout off) and its mode restored afterwards. See docs/guarantees.md.
         """
         config = config or AlphaPruningConfig()
+        if config.nm_pattern is not None and abs(config.effective_sparsity - config.sparsity) > 1e-9:
+            logger.info("N:M pattern %s sets the sparsity to %.4f; sparsity=%s is not used.",
+                           config.nm, config.effective_sparsity, config.sparsity)
         start = time.perf_counter()
         blocks = self.block_weights(config)
         self._check_weights(blocks)
         was_training = self.model.training
         self.model.eval()
         try:
-            targets, block_scores = self.allocate(config, show_progress, blocks)
             pruner_cls = get_pruner_class(config.method)
+            if pruner_cls.needs_calibration or config.allocation == "owl":
+                config.resolve_seqlen(max_positions(self.model))  # a too-long seqlen fails before any analysis
+            targets, block_scores = self.allocate(config, show_progress, blocks)
             report = PruningReport(config=config.to_dict(), layer_targets=dict(targets),
-                                   ignored={name: n for block in blocks for name, n in block.ignored.items()})
+                                   ignored={name: n for block in blocks for name, n in block.ignored.items()},
+                                   sparsity_structure=config.sparsity_structure)
             self.last_report = report
             inputs = None
             if pruner_cls.needs_calibration:
@@ -258,6 +283,11 @@ class AlphaPruner(OptimumQuantizer):
         finally:
             self.model.train(was_training)
         report.completed = True
+        if report.pinned_blocks:
+            logger.warning(
+                "Blocks %s are pinned at the sparsity cap (max_sparsity=%s): the allocation wanted more there and "
+                "gave the excess to other blocks; lower epsilon or raise max_sparsity to change that.",
+                report.pinned_blocks, config.max_sparsity)
         if report.uncalibrated:
             logger.warning(
                 "%d expert matrices received no calibration token and were pruned by magnitude: %s",
@@ -320,12 +350,12 @@ class AlphaPruner(OptimumQuantizer):
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
-        from .checkpoint.save import check_save_target
+        from .checkpoint.save import check_save_request
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
         config = AlphaPruningConfig(**kwargs)
-        # A folder that save_pretrained would refuse is refused now, before the model is pruned.
-        check_save_target(Path(save_dir).expanduser().resolve(), bool(save_kwargs.get("overwrite", False)))
+        # Whatever save_pretrained would refuse (folder, format, shard size) is refused before pruning.
+        check_save_request(save_dir, **save_kwargs)
         self.prune(config)
         return self.save_pretrained(save_dir, **save_kwargs)
 
@@ -347,16 +377,19 @@ class AlphaPruner(OptimumQuantizer):
             ],
             "layers": report.layers if report else {},
             "total_sparsity": report.total_sparsity if report else None,
+            "target_sparsity": report.target_sparsity if report else None,
+            "sparsity_structure": report.sparsity_structure if report else None,
+            "pinned_blocks": report.pinned_blocks if report else [],
             "block_weight_sparsity": report.block_weight_sparsity if report else None,
             "ignored": report.ignored if report else {},
             "uncalibrated": report.uncalibrated if report else [],
             "calibration": report.calibration if report else {},
             "perplexity": dict(self.perplexity),
-            "esd_blocks": [b.metrics for b in self.esd_report.blocks] if self.esd_report else [],
+            "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
-                        overwrite: bool = False) -> Path:
+                        overwrite: bool | str = False) -> Path:
         """Save the pruned model (``sparse`` bitmask or ``dense`` safetensors), tokenizer, metadata and card."""
         from .checkpoint import save_pruned
 
@@ -376,23 +409,3 @@ class AlphaPruner(OptimumQuantizer):
         return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
 
-@contextlib.contextmanager
-def hold_interrupts() -> Iterator[None]:
-    """Delay SIGINT (Ctrl-C) until the block exits, then deliver it to the previous handler.
-
-    Only the main thread can set signal handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held and previous is not signal.SIG_IGN:
-        if callable(previous):
-            previous(signal.SIGINT, held[0])
-        else:
-            raise KeyboardInterrupt

@@ -33,6 +33,7 @@ class PruningReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     completed: bool = False
+    sparsity_structure: str = "unstructured"  # "2:4", "mixed:8" or "unstructured"
     ignored: dict[str, int] = field(default_factory=dict)  # weight name -> parameters kept dense on purpose
     uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
 
@@ -43,6 +44,25 @@ class PruningReport:
         return sum(b.achieved_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
 
     @property
+    def target_sparsity(self) -> float:
+        """Parameter-weighted allocated sparsity: under an N:M pattern, what the pattern gives, not ``sparsity``."""
+        params = sum(b.num_params for b in self.blocks)
+        return sum(b.target_sparsity * b.num_params for b in self.blocks) / params if params else 0.0
+
+    @property
+    def pinned_blocks(self) -> list[int]:
+        """Blocks the allocation held at its cap (``max_sparsity``, or (M-1)/M under mixed N:M): the
+        allocation wanted more sparsity there and moved the rest to other blocks."""
+        cap = self.config.get("max_sparsity")
+        nm = str(self.config.get("nm") or "")
+        if cap is None or (nm and not nm.startswith("mixed:")):
+            return []
+        if nm.startswith("mixed:"):
+            m = int(nm.split(":")[1])
+            cap = min(cap, (m - 1) / m)
+        return [b.index for b in self.blocks if b.target_sparsity >= cap - 1e-6]
+
+    @property
     def block_weight_sparsity(self) -> float:
         """Achieved sparsity over *every* weight matrix inside the processed blocks, ignored ones counted dense."""
         params = sum(b.num_params + b.ignored_params for b in self.blocks)
@@ -51,6 +71,8 @@ class PruningReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["total_sparsity"] = self.total_sparsity
+        data["target_sparsity"] = self.target_sparsity
+        data["pinned_blocks"] = self.pinned_blocks
         data["block_weight_sparsity"] = self.block_weight_sparsity
         return data
 

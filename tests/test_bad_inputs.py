@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import TINY_POSITIONS, make_tiny_model
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
-from optimum_alpha.checkpoint import save as save_module
+from optimum_alpha.checkpoint import target as target_module
 from optimum_alpha.commands.cli import main
 from optimum_alpha.data import load_texts
 from optimum_alpha.errors import (
@@ -67,7 +67,7 @@ def fragments_in(error: BaseException, *fragments: str) -> None:
 CONFIG_CASES = [
     ({"sparsity": 1.0}, ["sparsity must be in [0, 1)", "got 1.0", "e.g. 0.7"]),
     ({"sparsity": -0.01}, ["sparsity must be in [0, 1)", "got -0.01"]),
-    ({"sparsity": float("nan")}, ["sparsity must be in [0, 1)", "nan"]),
+    ({"sparsity": float("nan")}, ["sparsity must be a finite number", "nan"]),
     ({"epsilon": -0.1}, ["epsilon must be in [0, 1)", "got -0.1", "paper default 0.3"]),
     ({"epsilon": 1.0}, ["epsilon must be in [0, 1)", "1 ± ε must stay positive"]),
     ({"method": "obs"}, ["Unknown method 'obs'", "magnitude, wanda, sparsegpt"]),
@@ -149,7 +149,7 @@ def model_with_linearless_block(block: int) -> nn.Module:
 
 def test_block_without_linear_layers_is_named_by_analysis():
     with pytest.raises(ModelStructureError) as info:
-        AlphaPruner.from_pretrained(model_with_linearless_block(1), show_progress=False)
+        AlphaPruner.from_pretrained(model_with_linearless_block(1), run_analysis=True, show_progress=False)
     fragments_in(info.value, "Block 1 (LlamaDecoderLayer)", "no nn.Linear or Conv1D", "already quantized or fused")
 
 
@@ -191,7 +191,7 @@ def calibration_case(tmp_path: Path, case: str):
     if case == "rows-without-text":
         path = tmp_path / "rows.jsonl"
         path.write_text('{"content": "hello"}\n')
-        return path, ["Could not read text rows", "'text' field"]
+        return path, ["row 1 of", "rows.jsonl", "has no 'text' field"]
     path = tmp_path / "short.txt"
     path.write_text("A calibration text of a dozen words or so, far too short.")
     return path, ["tokens but nsamples x seqlen = 4 x 64 = 256 are needed", "lower nsamples or seqlen"]
@@ -290,7 +290,7 @@ def test_unwritable_output_folder_simulated(pruned, tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr(save_module.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(target_module.os, "mkdir", denied)
     with pytest.raises(CheckpointError) as info:
         pruned.save_pretrained(tmp_path / "out")
     fragments_in(info.value, "cannot write next to", "Permission denied", "choose a writable folder")

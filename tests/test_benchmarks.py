@@ -86,7 +86,7 @@ def test_quality_metric_table_lists_uniform_and_every_metric(factory, eval_text)
     text = quality.main(["--table", "2", "--metrics", "alpha_hill", "spectral_norm"] + eval_text,
                         model_factory=factory)
     rows = table_rows(text)
-    assert [r[0] for r in rows] == ["uniform", "alpha_hill", "spectral_norm"]
+    assert [r[0] for r in rows] == ["uniform", "alpha_hill", "spectral_norm_sq"]  # old name: an alias
     assert [r[1] for r in rows] == ["-", "shape", "scale"]
     assert all(r[3] in ("yes", "no", "-") for r in rows)
 

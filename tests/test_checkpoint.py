@@ -279,7 +279,7 @@ def test_failed_save_leaves_existing_folder_untouched(tmp_path, monkeypatch):
         raise OSError("disk full (injected)")
 
     monkeypatch.setattr(save_module, "build_model_card", explode)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(CheckpointError, match="injected"):
         save_pruned(tiny_model(sparsity=0.9), target, format="sparse", overwrite=True)
     assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or backup folder left
@@ -292,15 +292,20 @@ def test_failed_first_save_creates_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_overwrite_replaces_the_whole_folder(tmp_path):
+def test_overwrite_replaces_a_checkpoint_and_keeps_files_it_did_not_write(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "stale.txt").write_text("old")
     with pytest.raises(CheckpointError, match="overwrite=True"):
         save_pruned(tiny_model(), target)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by optimum-alpha"):
+        save_pruned(tiny_model(), target, overwrite=True)  # a foreign folder needs "force"
+    assert sorted(os.listdir(target)) == ["stale.txt"]
+    save_pruned(tiny_model(), target, overwrite="force")
+    assert (target / "stale.txt").read_text() == "old" and (target / "config.json").is_file()
+    save_pruned(tiny_model(), target, overwrite=True, format="dense")  # ours now: True is enough
     assert (target / "stale.txt").read_text() == "old"
-    save_pruned(tiny_model(), target, overwrite=True)
-    assert not (target / "stale.txt").exists() and (target / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_bad_targets_and_arguments_raise_checkpoint_errors(tmp_path):

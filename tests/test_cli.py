@@ -63,7 +63,7 @@ def pruned(tiny_model: Path, tmp_path_factory) -> tuple[Path, subprocess.Complet
     output = tmp_path_factory.mktemp("pruned") / "tiny-alpha-wanda-50"
     result = cli(
         "prune", str(tiny_model), "--sparsity", "0.5", "--method", "wanda", "--allocation", "alpha",
-        *TINY_PRUNE, "--eval", "--max-windows", "2", "--output", str(output),
+        *TINY_PRUNE, "--eval", "--eval-seqlen", "32", "--max-windows", "2", "--output", str(output),
         entry="optimum-cli",
     )
     return output, result
@@ -123,7 +123,8 @@ def test_prune_pipeline_summary_and_files(pruned):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "perplexity before pruning" in out
-    before_after = next(line for line in out.splitlines() if line.startswith("perplexity (wikitext2)"))
+    before_after = next(line for line in out.splitlines()
+                        if line.startswith("perplexity (wikitext2, 2 windows x 32 tokens)"))
     assert "before" in before_after and "after" in before_after
     assert _number_after(out, "total sparsity:") == pytest.approx(0.5, abs=0.01)
     assert "peak memory" in out and "MiB" in out
@@ -144,7 +145,7 @@ def test_eval_of_saved_folder_reproduces_pruned_perplexity(pruned):
     assert result.returncode == 0
     after = _number_after(result.stdout, ", after ")
     before = _number_after(result.stdout, "perplexity before pruning:")
-    run = cli("eval", str(output), "--seqlen", "32", "--max-windows", "2")
+    run = cli("eval", str(output), "--seqlen", "32", "--max-windows", "2")  # --seqlen: eval's old name
     assert run.returncode == 0, run.stderr[-3000:]
     reloaded = _number_after(run.stdout, f"of {output}:")
     assert reloaded == pytest.approx(after, rel=1e-4)
@@ -267,7 +268,7 @@ def test_main_reports_config_errors_in_one_line(tmp_path, capsys):
     [
         (["eval", "m", "--max-windows", "0"], "argument --max-windows: must be at least 1"),
         (["prune", "m", "--nsamples", "many"], "argument --nsamples: expected a whole number"),
-        (["analyze", "m", "--metric", "alpha"], "argument --metric: invalid choice"),
+        (["analyze", "m", "--metric", "alpha"], "argument --metric: unknown metric 'alpha'"),
         (["compress", "m"], "invalid choice: 'compress'"),
     ],
 )

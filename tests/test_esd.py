@@ -106,8 +106,8 @@ def test_shape_and_scale_metrics_follow_their_definitions():
     metrics, fit = spectrum_metrics(eigs)
     fro = float(weight.double().pow(2).sum())
     spec = float(torch.linalg.matrix_norm(weight.double(), ord=2)) ** 2
-    assert metrics["frobenius_norm"] == pytest.approx(fro, rel=1e-9)
-    assert metrics["spectral_norm"] == pytest.approx(spec, rel=1e-9)
+    assert metrics["frobenius_norm_sq"] == pytest.approx(fro, rel=1e-9)
+    assert metrics["spectral_norm_sq"] == pytest.approx(spec, rel=1e-9)
     assert metrics["stable_rank"] == pytest.approx(fro / spec, rel=1e-9)
     assert metrics["alpha_hat"] == pytest.approx(fit.alpha * math.log10(spec), rel=1e-12)
     assert 0 < metrics["entropy"] < 1

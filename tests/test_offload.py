@@ -72,7 +72,7 @@ def test_disk_offloaded_half_prunes_bitwise_like_in_memory(checkpoint, calibrati
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    assert (got["3.mlp.up_proj"] == 0).float().mean() > 0.3  # the offloaded blocks really were pruned
+    assert (got["model.layers.3.mlp.up_proj"] == 0).float().mean() > 0.3  # the offloaded blocks really were pruned
     # The device map survives, the weights stay offloaded and the user's checkpoint is untouched.
     assert offloaded.hf_device_map == device_map
     assert offloaded.model.layers[BLOCKS - 1].mlp.up_proj.weight.device.type == "meta"
@@ -96,7 +96,7 @@ def test_cpu_offloaded_blocks_are_written_in_their_state_dict(checkpoint, calibr
     expected, got = block_weights(in_memory), block_weights(offloaded)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    assert torch.equal(state_dict["self_attn.q_proj.weight"], got["1.self_attn.q_proj"])
+    assert torch.equal(state_dict["self_attn.q_proj.weight"], got["model.layers.1.self_attn.q_proj"])
 
 
 def test_write_to_disk_offload_keeps_bfloat16(checkpoint, tmp_path):

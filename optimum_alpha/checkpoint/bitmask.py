@@ -3,7 +3,8 @@
 The tensor layout follows the one compressed-tensors used for its ``sparse-bitmask`` format, so
 tools that know that layout recognise our checkpoints: for a weight ``<module>.weight`` we store
 
-* ``<module>.compressed``  - the kept (non-zero) values, 1-D, in the weight's own dtype, row-major;
+* ``<module>.compressed``  - the kept values (every entry whose bits are not all zero), 1-D, in the
+  weight's own dtype, row-major;
 * ``<module>.bitmask``     - uint8 ``[rows, ceil(cols / 8)]``, one bit per element, little bit order;
 * ``<module>.row_offsets`` - int64 ``[rows]``, index in ``compressed`` where each row starts;
 * ``<module>.shape``       - int64 ``[2]``, the dense shape.
@@ -51,6 +52,15 @@ def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return bits.reshape(packed.shape[0], -1)[:, :cols]
 
 
+_SAME_SIZE_INT = {4: torch.int32, 2: torch.int16, 1: torch.int8, 8: torch.int64}
+
+
+def kept_mask(weight: torch.Tensor) -> torch.Tensor:
+    """True where ``weight`` is not +0.0 bit for bit: pruned entries are +0.0, while ``-0.0`` (sign bit
+    set) and NaN are kept, so decompression gives back every bit."""
+    return weight.contiguous().view(_SAME_SIZE_INT[weight.element_size()]) != 0
+
+
 def compressed_nbytes(weight: torch.Tensor, nonzero: int | None = None) -> int:
     """Bytes the bitmask layout needs for ``weight``: values + packed mask + row offsets + shape."""
     rows, cols = weight.shape
@@ -62,21 +72,21 @@ def compressed_nbytes(weight: torch.Tensor, nonzero: int | None = None) -> int:
 def worth_compressing(weight: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
     """True when ``weight`` is a supported 2-D float tensor whose bitmask form is smaller than dense.
 
-    ``mask`` (``weight != 0``) may be passed in to avoid computing it twice.
+    ``mask`` (:func:`kept_mask`) may be passed in to avoid computing it twice.
     """
     if weight.dim() not in (2, 3) or weight.dtype not in SUPPORTED_DTYPES or weight.numel() == 0:
         return False
     weight = weight.reshape(-1, weight.shape[-1])
     mask = mask.reshape(weight.shape) if mask is not None else None
-    nonzero = int(torch.count_nonzero(weight != 0 if mask is None else mask))
+    nonzero = int(torch.count_nonzero(kept_mask(weight) if mask is None else mask))
     return compressed_nbytes(weight, nonzero) < weight.numel() * weight.element_size()
 
 
 def compress(weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Compress a 2-D weight; returns the four tensors keyed by their suffix (see module docstring).
 
-    Exact zeros (including ``-0.0``) are the pruned entries; every other value, NaN included, is
-    kept bit for bit.
+    Entries equal to +0.0 bit for bit are the pruned ones; every other value (``-0.0`` and NaN included)
+    is kept, so the round trip is bitwise.
     """
     if weight.dim() not in (2, 3):
         raise ValueError(f"bitmask compression needs a 2-D or 3-D weight, got shape {tuple(weight.shape)}")
@@ -85,8 +95,7 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str
     dense_shape = list(weight.shape)
     weight = weight.detach().contiguous().reshape(-1, weight.shape[-1])
     mask = mask.reshape(weight.shape) if mask is not None else None
-    # `-0.0 != 0` is False, so negative zeros are dropped and come back as +0.0: both are pruned entries.
-    mask = weight != 0 if mask is None else mask
+    mask = kept_mask(weight) if mask is None else mask
     row_counts = torch.count_nonzero(mask, dim=1).to(torch.int64)
     return {
         "compressed": torch.masked_select(weight, mask),

@@ -11,6 +11,34 @@ from ..errors import CheckpointError
 _LOGIN_HINT = "run `hf auth login`, set the HF_TOKEN environment variable, or pass token=..."
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of the HTTP clients huggingface_hub may use (httpx2, httpx, requests)."""
+    found: list[type[BaseException]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "exceptions")):
+        try:
+            error = getattr(__import__(module), name)
+        except (ImportError, AttributeError):
+            continue
+        found.append(error.RequestException if module == "requests" else error)
+    return tuple(found)
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not repo_id or repo_id.count("/") > 1 or repo_id.strip() != repo_id:
+        raise CheckpointError(f"invalid Hub repo id {repo_id!r}; use 'name' or 'owner/name'")
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """What can be checked without the network, before any slow work: the repo id, the offline flag, a token."""
+    from huggingface_hub import constants, get_token
+
+    check_repo_id(repo_id)
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"cannot push {repo_id}: HF_HUB_OFFLINE is set; unset it to reach the Hub")
+    if token is None and get_token() is None:
+        raise CheckpointError(f"no Hugging Face token found to push {repo_id}; {_LOGIN_HINT}")
+
+
 def _explain(error: Exception, repo_id: str) -> CheckpointError:
     """Turn a huggingface_hub failure into a one-line CheckpointError that names the fix."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
@@ -31,6 +59,17 @@ def _explain(error: Exception, repo_id: str) -> CheckpointError:
             )
         return CheckpointError(f"pushing {repo_id} failed (HTTP {status}: {server})")
     return CheckpointError(f"pushing {repo_id} failed: {error}")
+
+
+def name_repo_in_card(folder: Path, repo_id: str) -> None:
+    """Make the card's load snippet name the repo the folder is pushed to, instead of a local placeholder."""
+    from .model_card import LOCAL_HINT
+
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text()
+        if LOCAL_HINT in text:
+            card.write_text(text.replace(f'"{LOCAL_HINT}"', f'"{repo_id}"'))
 
 
 def push_folder_to_hub(
@@ -55,8 +94,8 @@ def push_folder_to_hub(
         raise CheckpointError(
             f"{path} is not a saved model folder (no config.json); save it first, then push"
         )
-    if not repo_id or repo_id.count("/") > 1:
-        raise CheckpointError(f"invalid Hub repo id {repo_id!r}; use 'name' or 'owner/name'")
+    check_repo_id(repo_id)
+    name_repo_in_card(path, repo_id)
     hub = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload pruned model ({path.name}) with optimum-alpha"
     try:
@@ -66,4 +105,9 @@ def push_folder_to_hub(
         )
     except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
         raise _explain(error, repo_id) from error
+    except (OSError, *_network_errors()) as error:  # no connection, DNS, TLS, time-out
+        raise CheckpointError(
+            f"pushing {repo_id} failed: the Hub could not be reached ({error or type(error).__name__}); "
+            "check the network (or HF_ENDPOINT) and push again with push_folder_to_hub"
+        ) from error
     return str(getattr(repo_url, "url", repo_url))

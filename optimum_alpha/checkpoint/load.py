@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from .quantizer import register
+from .verify import check_checkpoint_folder
 
 
 def _looks_local(path_or_id: str) -> bool:
@@ -19,7 +20,8 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs: Any):
     """Return the pruned model with its weights exactly as saved (``device_map`` etc. pass through).
 
     A thin wrapper over ``AutoModelForCausalLM.from_pretrained`` that makes sure the ``alpha_sparse``
-    loader is registered and turns a missing local folder into a clear :class:`CheckpointError`.
+    loader is registered and checks a local folder first (see :mod:`.verify`): a missing folder, a broken
+    config, index or weight file, or an index entry outside the folder is a clear :class:`CheckpointError`.
     """
     from transformers import AutoModelForCausalLM
 
@@ -31,6 +33,7 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs: Any):
             raise CheckpointError(
                 f"{local} has no config.json; point load_pruned at a folder written by save_pruned"
             )
+        check_checkpoint_folder(local)
         location = str(local)
     elif isinstance(path_or_id, os.PathLike) or _looks_local(location):
         raise CheckpointError(

@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 TAGS = ["pruned", "sparse", "alpha-pruning"]
+LOCAL_HINT = "path/to/this/folder"  # replaced by the repo id when the folder is pushed
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -62,8 +63,38 @@ def _blocks_table(blocks: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(rows)
 
 
+def _allocation_name(allocation: str, structure: str) -> str:
+    return f"none, fixed {structure} pattern" if ":" in structure and not structure.startswith("mixed") else allocation
+
+
+def _allocation_text(allocation: str, metric: str, structure: str) -> str:
+    """One sentence on how sparsity was spread over the blocks, true to the mode that ran."""
+    if ":" in structure and not structure.startswith("mixed"):
+        return f"every layer follows the same {structure} pattern (N of every M consecutive weights kept)"
+    spread = {
+        "alpha": "AlphaPruning gave each block its own sparsity from the heavy-tailed shape of its weight "
+        f"eigenspectra (metric `{metric}`; lower alpha, less sparsity)",
+        "owl": "OWL gave each block its own sparsity from its share of outlier activations",
+        "uniform": "every block got the same sparsity",
+    }.get(allocation, f"the `{allocation}` allocation spread the sparsity over the blocks")
+    if structure.startswith("mixed"):
+        spread += f", rounded to a whole N per block in a {structure} pattern"
+    return spread
+
+
+def _perplexity_row(perplexity: dict[str, Any]) -> str | None:
+    """The evaluation row: numbers with the dataset, window length and window count they were measured on."""
+    if perplexity.get("dense") is None and perplexity.get("pruned") is None:
+        return None
+    protocol = perplexity.get("dataset") or "evaluation set"
+    if perplexity.get("windows") and perplexity.get("seqlen"):
+        protocol += f", {perplexity['windows']} windows x {perplexity['seqlen']} tokens"
+    return (f"| perplexity ({protocol}) | dense {_fmt(perplexity.get('dense'), 2)} -> "
+            f"pruned {_fmt(perplexity.get('pruned'), 2)} |")
+
+
 def build_model_card(
-    metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = "path/to/this/folder"
+    metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = LOCAL_HINT
 ) -> ModelCard:
     """Build the card from the ``alpha_pruning.json`` content; every field may be missing."""
     config = metadata.get("config") or {}
@@ -78,37 +109,40 @@ def build_model_card(
     method = config.get("method") or metadata.get("method") or "unknown"
     allocation = config.get("allocation") or "alpha"
     metric = metadata.get("metric") or config.get("metric") or "alpha_hill"
-    target = config.get("sparsity")
+    structure = metadata.get("sparsity_structure") or "unstructured"
+    # Under a fixed N:M pattern the pattern sets the sparsity; the weighted block targets say what was aimed at.
+    target = metadata.get("target_sparsity", config.get("sparsity"))
     achieved = metadata.get("achieved_sparsity")
-    perplexity = metadata.get("perplexity") or {}
     lines = [
-        f"# {Path(str(base_model)).name if base_model else 'Model'} pruned with AlphaPruning",
+        f"# {Path(str(base_model)).name if base_model else 'Model'} pruned with optimum-alpha",
         "",
-        f"This model was pruned with optimum-alpha (AlphaPruning layer-wise sparsity "
-        f"allocation from weight eigenspectra, metric `{metric}`) using the `{method}` pruning criterion.",
+        f"This model was pruned with optimum-alpha using the `{method}` pruning criterion inside each layer; "
+        f"{_allocation_text(allocation, metric, structure)}.",
         "",
         "| | |",
         "| --- | --- |",
         f"| base model | {base_model or 'unknown'} |",
-        f"| pruning method | {method} (allocation: {allocation}) |",
+        f"| pruning method | {method} (allocation: {_allocation_name(allocation, structure)}) |",
+        f"| sparsity structure | {structure} |",
         f"| target sparsity | {_fmt(target)} |",
         f"| achieved sparsity (pruned layers) | {_fmt(achieved)} |",
         f"| checkpoint format | {fmt} |",
         f"| optimum-alpha version | {metadata.get('library_version', 'unknown')} |",
     ]
-    if perplexity.get("dense") is not None or perplexity.get("pruned") is not None:
-        dataset = perplexity.get("dataset") or "evaluation set"
-        lines.append(
-            f"| perplexity ({dataset}) | dense {_fmt(perplexity.get('dense'), 2)} -> "
-            f"pruned {_fmt(perplexity.get('pruned'), 2)} |"
-        )
+    perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
+    if perplexity_row:
+        lines.append(perplexity_row)
+    pinned = metadata.get("pinned_blocks") or []
+    if pinned:
+        lines.append(f"| blocks pinned at the sparsity cap | {', '.join(str(i) for i in pinned)} |")
     lines += ["", "## How to load", "", _load_section(fmt, repo_hint)]
     blocks = metadata.get("blocks") or []
+    score = {"alpha": metric, "owl": "outlier ratio"}.get(allocation, "score")
     if blocks:
         lines += ["## Per-block allocation", ""]
         if chart_file:
-            lines += [f"![Block {metric} and sparsity by depth]({chart_file})", ""]
-        lines += [_blocks_table(blocks, metric), ""]
+            lines += [f"![Block {score} and sparsity by depth]({chart_file})", ""]
+        lines += [_blocks_table(blocks, score), ""]
     lines += [
         "## Files",
         "",

@@ -11,13 +11,15 @@ a normal dense checkpoint.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from transformers.core_model_loading import ConversionOps
-from transformers.quantizers import HfQuantizer
+from transformers.quantizers.base import HfQuantizer  # not the package: see _registration.py
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..errors import CheckpointError
 from . import bitmask
 
 QUANT_METHOD = "alpha_sparse"
@@ -25,6 +27,10 @@ FORMAT = "sparse-bitmask"
 SENTINEL_MESSAGE = (
     "alpha_sparse checkpoint: install optimum-alpha and run `import optimum_alpha` before from_pretrained"
 )
+
+# A second marker whose *name* is the message: transformers prints unknown keys in its load report, so a user
+# without the plug-in reads what to install right in the output (the report never shows tensor contents).
+MARKER_KEY = "INSTALL_optimum-alpha.then.import_optimum_alpha.before.from_pretrained"
 
 _SOURCE_PATTERNS = {suffix: rf"\.{suffix}" for suffix in bitmask.SUFFIXES}
 # A fused expert parameter ``<key>`` is stored as ``<key>.fused_<part>`` (see sparse_files.stored_keys).
@@ -58,8 +64,11 @@ class AlphaSparseConfig(QuantizationConfigMixin):
         self.version = version
         # Always decompress on load: transformers then removes the quantization config afterwards.
         self.dequantize = True
-        if self.format != FORMAT:
-            raise ValueError(f"alpha_sparse only knows the {FORMAT!r} format, got {self.format!r}")
+        from .verify import check_alpha_sparse_config
+
+        check_alpha_sparse_config(
+            {"format": format, "compressed_modules": compressed_modules or [], "sentinel": sentinel}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -93,15 +102,28 @@ class AlphaSparseDecompress(ConversionOps):
                 target_dtype = model.get_parameter(full_layer_name).dtype
             except AttributeError:
                 target_dtype = None
-        for patterns in (_SOURCE_PATTERNS, _FUSED_PATTERNS):
-            if patterns["compressed"] in input_dict:
-                parts = {suffix: _single(input_dict.get(pattern), suffix, full_layer_name)
-                         for suffix, pattern in patterns.items()}
-                # transformers sorts checkpoint keys, so the marker `<module>.weight` (sparse_files.py) comes
-                # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
-                dense = bitmask.decompress(parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype)
-                return {full_layer_name: dense}
-        return _decompress_expert_lists(input_dict, source_patterns or list(input_dict))
+        try:
+            for patterns in (_SOURCE_PATTERNS, _FUSED_PATTERNS):
+                if patterns["compressed"] in input_dict:
+                    parts = {suffix: _single(input_dict.get(pattern), suffix, full_layer_name)
+                             for suffix, pattern in patterns.items()}
+                    # transformers sorts checkpoint keys, so the marker `<module>.weight` (sparse_files.py) comes
+                    # after `<module>.bitmask`... and joins this converter; it carries no data and is dropped here.
+                    dense = bitmask.decompress(
+                        parts["compressed"], parts["bitmask"], parts["shape"], dtype=target_dtype
+                    )
+                    self.hf_quantizer.record_restored(str(full_layer_name), 1)
+                    return {full_layer_name: dense}
+            sources = source_patterns or list(input_dict)
+            output = _decompress_expert_lists(input_dict, sources)
+        except ValueError as error:
+            # transformers would only log a failed conversion and end with a generic RuntimeError: leave
+            # the weight unloaded instead and let _check_every_module_restored raise with this cause.
+            self.hf_quantizer.failures[str(full_layer_name)] = str(error)
+            return {}
+        experts = sum(len(input_dict[p]) for p in sources if p.endswith(".compressed") and p in input_dict)
+        self.hf_quantizer.record_restored(str(full_layer_name), experts)
+        return output
 
 
 def _single(value: Any, suffix: str, name: str | None) -> torch.Tensor:
@@ -132,6 +154,12 @@ def _decompress_expert_lists(input_dict: dict[str, Any], source_patterns: list[s
     return output
 
 
+def _same_module(checkpoint_name: str, model_name: str) -> bool:
+    """Names may differ by a prefix (the base model class loaded from a ``*ForCausalLM`` checkpoint)."""
+    a, b = sorted((checkpoint_name, model_name), key=len)
+    return a == b or b.endswith("." + a)
+
+
 def _is_ours(conversion: Any) -> bool:
     return any(isinstance(op, AlphaSparseDecompress) for op in getattr(conversion, "operations", ()))
 
@@ -143,6 +171,21 @@ class AlphaSparseHfQuantizer(HfQuantizer):
     # Read by transformers' update_weight_conversions: a model converter that merges per-expert `.weight` keys
     # also collects their bitmask parts and runs AlphaSparseDecompress first.
     serialized_names = {"weight": ["weight", *bitmask.SUFFIXES]}
+
+    def __init__(self, quantization_config: Any, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.restored: set[str] = set()  # parameter names rebuilt from their bitmask tensors
+        self.restored_count = 0  # checkpoint modules rebuilt (a per-expert merge rebuilds several at once)
+        self.failures: dict[str, str] = {}  # parameter name -> why its tensors could not be decompressed
+
+    def record_restored(self, parameter: str, modules: int) -> None:
+        self.restored.add(parameter.removesuffix(".weight"))
+        self.restored_count += modules
+
+    def __deepcopy__(self, memo: dict) -> "AlphaSparseHfQuantizer":
+        # transformers deep-copies the load operations of every layer, and with them this quantizer; all
+        # copies must record into the one instance that checks the load at the end.
+        return self
 
     def get_load_operations(self) -> dict:
         return {"deserialize": AlphaSparseDecompress, "dequantize": AlphaSparseDecompress}
@@ -159,6 +202,12 @@ class AlphaSparseHfQuantizer(HfQuantizer):
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return False
 
+    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        """The named marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
+        ignored = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+        model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(MARKER_KEY)}
+        return model
+
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         """Forget our load-only converters: the model is dense now, and ``save_pretrained`` would
         otherwise try to reverse them (they have no reverse) when writing a new checkpoint."""
@@ -166,7 +215,25 @@ class AlphaSparseHfQuantizer(HfQuantizer):
             conversions = getattr(module, "_weight_conversions", None)
             if conversions:
                 module._weight_conversions = [c for c in conversions if not _is_ours(c)]
+        self._check_every_module_restored()
         return model
+
+    def _check_every_module_restored(self) -> None:
+        """A listed module that was not decompressed would keep its random initialisation: refuse the model."""
+        listed = self.quantization_config.compressed_modules
+        if self.restored_count >= len(listed) and not self.failures:
+            return
+        # Name the first listed module that no rebuilt parameter matches (per-expert modules, merged into
+        # fused parameters, have no name of their own after loading: they are only counted).
+        missing = next((m for m in listed if not any(_same_module(m, r) for r in self.restored)), None)
+        failures = {name.removesuffix(".weight"): why for name, why in self.failures.items()}
+        cause = next((why for name, why in failures.items() if missing and _same_module(missing, name)), None)
+        cause = cause or next(iter(failures.values()), None) or "no model weight matches its tensors"
+        what = f"module {missing}" if missing else f"{len(listed) - self.restored_count} of {len(listed)} modules"
+        raise CheckpointError(
+            f"sparse checkpoint {what} was not restored ({cause}); the checkpoint is corrupt or does not "
+            "match the model class, save it again with optimum_alpha.save_pruned"
+        )
 
     def is_serializable(self) -> bool:
         return True
@@ -213,3 +280,5 @@ def register() -> None:
             "optimum-alpha cannot load its sparse checkpoints alongside it"
         )
 
+
+register()  # on import: see optimum_alpha/_registration.py

@@ -1,8 +1,8 @@
 """``save_pruned``: one call writes a complete, loadable Hugging Face model folder.
 
-Everything is written into a temporary folder beside the target and swapped in at the end, so a
+Everything is written into a staging folder and put in place at the end (see :mod:`.target`), so a
 failure (disk full, interrupted run, bad metadata) never leaves a half-written or half-overwritten
-folder behind.
+folder behind, and a concurrent save to the same folder cannot silently replace this one.
 """
 
 from __future__ import annotations
@@ -10,21 +10,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import CheckpointError
+from ..interrupts import sigterm_as_interrupt
 from .model_card import build_model_card
-from .sparse_files import compress_folder, write_quantization_config
+from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
+from .target import (
+    MANIFEST_KEY,
+    METADATA_FILE,
+    check_save_target,
+    discard_staging,
+    make_staging,
+    overwrite_mode,
+    put_in_place,
+)
 
 FORMATS = ("dense", "sparse")
-METADATA_FILE = "alpha_pruning.json"
 CHART_FILE = "alpha_profile.png"
 
 
@@ -44,30 +51,45 @@ def _current_umask() -> int:
     return mask
 
 
-def check_save_target(target: Path, overwrite: bool) -> None:
-    """Refuse a target that is a file, or a non-empty folder unless ``overwrite`` (nothing is written)."""
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"save target {target} is a file; pass a folder path")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+def check_shard_size(max_shard_size: str | int) -> int:
+    """Bytes of ``max_shard_size`` (an int or a size such as ``"500MB"``/``"2GiB"``); refused before slow work."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, (int, str)):
         raise CheckpointError(
-            f"save target {target} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
-            "or choose another folder"
+            f"max_shard_size must be a number of bytes or a size such as '500MB', got {max_shard_size!r}"
         )
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is restored if the swap fails."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, backup)
     try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+        size = convert_file_size_to_int(max_shard_size.strip() if isinstance(max_shard_size, str) else max_shard_size)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise CheckpointError(
+            f"invalid max_shard_size {max_shard_size!r}; use a positive size such as '500MB', '5GB' or '2GiB'"
+        )
+    return size
+
+
+def check_save_request(
+    save_dir: str | os.PathLike, *, format: str = "sparse", max_shard_size: str | int = "5GB",
+    overwrite: bool | str = False
+) -> Path:
+    """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target."""
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_shard_size(max_shard_size)
+    target = Path(save_dir).expanduser().resolve()
+    check_save_target(target, overwrite_mode(overwrite))
+    return target
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give every file and folder written the modes the umask allows (some writers create 0600 files)."""
+    umask = _current_umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 @contextlib.contextmanager
@@ -125,6 +147,26 @@ def layer_sparsities(model: nn.Module) -> dict[str, float]:
     return {name: zeros / max(numel, 1) for name, (zeros, numel) in _zero_counts(model).items()}
 
 
+def public_name(value: str) -> str:
+    """A local path as it may be published: its last component (``/home/me/data/c4.jsonl`` -> ``c4.jsonl``).
+
+    Model ids, dataset names and other strings are returned as they are.
+    """
+    path = Path(value).expanduser()
+    if value.startswith(("/", "~", ".", "\\")) or path.is_absolute() or (value and path.exists()):
+        return path.name or "local"
+    return value
+
+
+def _without_local_paths(data: Any) -> Any:
+    """``data`` with every string value that is a local path replaced by :func:`public_name`."""
+    if isinstance(data, dict):
+        return {key: _without_local_paths(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_without_local_paths(value) for value in data]
+    return public_name(data) if isinstance(data, str) else data
+
+
 def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
     data = json.loads(json.dumps(metadata)) if metadata else {}  # a deep copy we may extend
     counts = _zero_counts(model)
@@ -137,7 +179,7 @@ def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: s
         data["base_model"] = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     data["library_version"] = library_version()
     data["format"] = fmt
-    return data
+    return _without_local_paths(data)  # published with the checkpoint (and pushed): no local paths
 
 
 def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
@@ -166,19 +208,26 @@ def _write_folder(
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    with _without_gguf_state(model):
-        model.save_pretrained(folder, max_shard_size=max_shard_size)
     if fmt == "sparse":
-        compressed = compress_folder(folder)
+        with _without_gguf_state(model), compress_while_saving(folder) as compressor:
+            model.save_pretrained(folder, max_shard_size=max_shard_size)
+        compressed = compress_folder(folder, compressor)
         if compressed:
             sparsity = data.get("achieved_sparsity")
-            write_quantization_config(folder, compressed, sparsity, data["library_version"])
+            structure = data.get("sparsity_structure") or "unstructured"
+            write_quantization_config(folder, compressed, sparsity, data["library_version"], structure)
         data["compressed_modules"] = len(compressed)
+    else:
+        with _without_gguf_state(model):
+            model.save_pretrained(folder, max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
     chart = _write_chart(folder, data)
     build_model_card(data, fmt=fmt, chart_file=chart).save(folder / "README.md")
+    # Written last: the manifest of every file of this save, so an overwrite deletes nothing else.
+    data[MANIFEST_KEY] = sorted(os.listdir(folder)) + [METADATA_FILE]
+    (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    _apply_umask(folder)
 
 
 def save_pruned(
@@ -188,16 +237,15 @@ def save_pruned(
     tokenizer: Any = None,
     format: str = "sparse",
     max_shard_size: str | int = "5GB",
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     metadata: dict | None = None,
 ) -> Path:
     """Save a pruned model as a Hugging Face folder (``dense`` zeros-in-place or ``sparse`` bitmask).
 
     Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
-    Returns the folder path.
+    ``overwrite=True`` replaces a checkpoint written by optimum-alpha, ``"force"`` any folder; files
+    the old checkpoint did not write are kept in both cases. Returns the folder path.
     """
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
     if not hasattr(model, "save_pretrained"):
         raise CheckpointError(
             f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"
@@ -209,20 +257,17 @@ def save_pruned(
             raise CheckpointError(
                 f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
             ) from error
-    target = Path(save_dir).expanduser().resolve()
-    check_save_target(target, overwrite)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result should not be
-    except OSError as error:
-        raise CheckpointError(f"cannot write next to {target} ({error}); choose a writable folder") from error
-    try:
-        _write_folder(
-            model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata
-        )
-        _replace_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite)
+    with sigterm_as_interrupt():
+        staging = make_staging(target)
+        try:
+            _write_folder(
+                model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata
+            )
+            put_in_place(staging, target, overwrite)
+        except BaseException as error:
+            discard_staging(staging, target)
+            if isinstance(error, (OSError, SafetensorError)):
+                raise CheckpointError(f"saving to {target} failed: {error}; nothing was changed there") from error
+            raise
     return target

@@ -10,6 +10,7 @@ from .common import (
     Stages,
     add_model_arguments,
     add_output_arguments,
+    check_device_map,
     check_output_dir,
     format_table,
     load_kwargs,
@@ -24,21 +25,31 @@ DESCRIPTION = (
     "With --sparsity, also print the AlphaPruning allocation that 'prune --allocation alpha' would make.\n\n"
     "example:\n  optimum-cli alpha-prune analyze smollm2-135m --sparsity 0.7 --output outputs/smollm2-esd"
 )
-# Mirrors optimum_alpha.esd.METRICS (checked by the tests) so that building the parser needs no torch.
-METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+# Mirrors optimum_alpha.esd.METRICS / METRIC_ALIASES (checked by the tests) so that building the parser needs no torch.
+METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
+METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
 DEFAULT_EPSILON = 0.3
+
+
+def metric_list(text: str) -> list[str]:
+    """argparse type of ``--metric``: one name or a comma-separated list, each checked now."""
+    names = [METRIC_ALIASES.get(part.strip(), part.strip()) for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric {', '.join(unknown) or text!r}; choose from {', '.join(METRICS)}")
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
         "--metric",
-        nargs="+",
-        choices=METRICS,
-        default=list(METRICS),
-        metavar="METRIC",
-        help=f"metrics to compute, any of {', '.join(METRICS)}; the first one drives the plots and the "
-        "allocation (default: all, alpha_hill first)",
+        action="append",
+        type=metric_list,
+        default=None,
+        metavar="METRIC[,METRIC...]",
+        help=f"metric to compute, any of {', '.join(METRICS)}; repeat the flag or separate names with commas; "
+        "the first one drives the plots and the allocation (default: all, alpha_hill first)",
     )
     add_output_arguments(parser, "esd.json, allocation.json and the PNG plots", "None, print only")
     parser.add_argument(
@@ -98,15 +109,16 @@ def _write_plots(
 def run(args: argparse.Namespace) -> int:
     from ..allocation import allocate, check_epsilon, check_sparsity
 
-    metrics = list(dict.fromkeys(args.metric))
+    metrics = list(dict.fromkeys(name for group in (args.metric or [list(METRICS)]) for name in group))
     primary = metrics[0]
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
         check_epsilon(args.epsilon)
     if args.output is not None:
         check_output_dir(args.output, args.overwrite)
+    check_device_map(args.device_map)
 
-    stages = Stages(3 if args.output is not None else 2)
+    stages = Stages(3 if args.output is not None else 2, quiet=args.quiet)
     with stages.stage(f"Loading {args.model}"):
         from ..models import load_model
 
@@ -115,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         from ..esd import analyze
 
         # alpha_hill is always fitted: the ESD plots draw its power law even when it is not displayed.
-        report = analyze(model, metrics=list(dict.fromkeys([*metrics, "alpha_hill"])))
+        report = analyze(model, metrics=list(dict.fromkeys([*metrics, "alpha_hill"])), show_progress=not args.quiet)
 
     sparsities = None
     if args.sparsity is not None:

@@ -9,14 +9,18 @@ User mistakes (:class:`~optimum_alpha.errors.AlphaPruningError`, bad flags) are 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import NoReturn, Sequence
 
-from . import analyze, evaluate, prune
+from ..interrupts import INTERRUPTED_EXIT_CODE
+from . import analyze, evaluate, prune, push
+from .common import add_verbosity_arguments
 
 USAGE_ERROR = 2
-INTERRUPTED = 130
-SUBCOMMANDS = (analyze, prune, evaluate)
+INTERRUPTED = INTERRUPTED_EXIT_CODE
+SUBCOMMANDS = (analyze, prune, evaluate, push)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -57,7 +61,7 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Run '<command> --help' for the flags of each command."
     )
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", metavar="{analyze,prune,eval}", parser_class=OneLineErrorParser
+        title="commands", dest="command", metavar="{analyze,prune,eval,push}", parser_class=OneLineErrorParser
     )
     subparsers.required = True
     for module in SUBCOMMANDS:
@@ -68,6 +72,7 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
+        add_verbosity_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser
 
@@ -77,10 +82,33 @@ def build_parser(prog: str = "optimum-alpha") -> argparse.ArgumentParser:
     return add_commands(OneLineErrorParser(prog=prog))
 
 
+class _StderrLines(logging.Handler):
+    """Library log records as ``warning: ...`` lines on whatever ``sys.stderr`` is when they are emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+
+
+def configure_output(quiet: bool, verbose: bool) -> None:
+    """-q: results and errors only; default: our warnings as ``warning: ...`` lines; -v: our info messages too."""
+    logger = logging.getLogger("optimum_alpha")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _StderrLines)] + [_StderrLines()]
+    logger.setLevel(logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING)
+    if quiet:  # read when tqdm / transformers / huggingface_hub are imported, which the parser has not done
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command; user errors become one line on stderr and exit code 2."""
     from ..errors import AlphaPruningError
 
+    configure_output(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    from ..interrupts import exit_on_interrupt_while_starting
+
+    with exit_on_interrupt_while_starting():  # seconds of torch/transformers imports: Ctrl-C = exit 130 at once
+        from .. import pruner  # noqa: F401  (the import every command but --help pays; --help never gets here)
     try:
         return int(args.handler(args) or 0)
     except AlphaPruningError as exc:
@@ -91,8 +119,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "optimum-alpha") -> int:
     """Entry point of ``optimum-alpha`` and, with ``prog="optimum-cli alpha-prune"``, of the optimum plug-in."""
-    args = build_parser(prog).parse_args(argv)
-    return run_command(args)
+    from ..interrupts import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():  # `timeout`, `docker stop`, SLURM: stop like a Ctrl-C
+            return run_command(build_parser(prog).parse_args(argv))
+    except KeyboardInterrupt:
+        fail("interrupted", code=INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

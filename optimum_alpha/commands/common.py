@@ -32,35 +32,70 @@ def positive_int(text: str) -> int:
     return value
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL and the loading flags every command accepts."""
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument(
+    group = parser.add_argument_group("loading the model")
+    group.add_argument(
         "--device-map",
         default=None,
         metavar="MAP",
-        help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs/CPU "
+        help="passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs/CPU, or 'cuda' "
         "(default: None, everything on the CPU)",
     )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights' dtype; bfloat16 halves memory and the saved folder (default: None, float32 for GGUF "
+        "and the checkpoint's own dtype otherwise)",
+    )
+    group.add_argument("--revision", default=None, metavar="REV",
+                       help="Hub branch, tag or commit of MODEL (default: None, main)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="allow MODEL's own modelling code from the Hub to run")
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """Perplexity flags, shared by ``eval`` and ``prune --eval``."""
-    parser.add_argument(
-        f"--{prefix}dataset",
+def add_verbosity_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-q`` (results and errors only) and ``-v`` (library log messages too)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print only results and errors: no stage headers, progress bars or warnings")
+    group.add_argument("-v", "--verbose", action="store_true", help="also print the library's log messages")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, alias_flags: bool = False) -> None:
+    """Perplexity flags, one spelling in every command (``eval`` also keeps its old names as hidden aliases)."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument(
+        "--eval-dataset",
         dest="eval_dataset",
         default="wikitext2",
         metavar="NAME",
-        help="evaluation text: 'wikitext2' (test split shipped with the package) or 'c4'",
+        help="evaluation text: 'wikitext2' (test split shipped with the package), 'c4' or a text file",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--eval-seqlen",
+        dest="eval_seqlen",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="tokens per evaluation window (default: None, min(2048, the model's max positions))",
+    )
+    group.add_argument(
         "--max-windows",
         type=positive_int,
         default=None,
         metavar="N",
-        help="evaluate only the first N windows of seqlen tokens; faster, less precise "
-        "(default: None, the whole split)",
+        help="evaluate only the first N windows; faster, less precise, and printed with the result "
+        "(default: None, the whole split: 148 windows of 2048 tokens for WikiText-2 on SmolLM2)",
     )
+    if alias_flags:  # the names `eval` had before they were unified; hidden from --help
+        group.add_argument("--dataset", dest="eval_dataset", help=argparse.SUPPRESS)
+        group.add_argument("--seqlen", dest="eval_seqlen", type=positive_int, help=argparse.SUPPRESS)
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, what: str, default_text: str) -> None:
@@ -82,7 +117,49 @@ def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if getattr(args, "device_map", None):
         kwargs["device_map"] = args.device_map
+    if getattr(args, "dtype", None):
+        import torch
+
+        kwargs["dtype"] = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    if getattr(args, "revision", None):
+        kwargs["revision"] = args.revision
+    if getattr(args, "trust_remote_code", False):
+        kwargs["trust_remote_code"] = True
     return kwargs
+
+
+def check_device_map(device_map: str | None) -> None:
+    """A CUDA device map on a torch without CUDA fails now, in one line, not as a traceback after loading."""
+    if not device_map or not re.search(r"cuda|^\d+$", str(device_map)):
+        return
+    import torch
+
+    from ..errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device-map {device_map} asks for a GPU, but this torch ({torch.__version__}) sees no CUDA device; "
+            "use --device-map cpu (or leave it out), or install a CUDA build of torch on a machine with a GPU"
+        )
+
+
+def check_model_limits(model: str, kwargs: dict[str, Any], seqlens: dict[str, int | None]) -> None:
+    """Checks that need only the model's config (read in well under a second): every window length fits the
+    model's positions. ``seqlens`` maps a flag name to its value (None: not given)."""
+    if not any(seqlens.values()):
+        return
+    from ..errors import ConfigError
+    from ..models import load_config
+
+    config = load_config(model, **kwargs)
+    if config is None:
+        return
+    from ..evaluate import max_positions
+
+    limit = max_positions(argparse.Namespace(config=config))
+    for flag, value in seqlens.items():
+        if value is not None and limit is not None and value > limit:
+            raise ConfigError(f"{flag} {value} exceeds the model's maximum positions ({limit}); use {flag} <= {limit}")
 
 
 def model_slug(model: str) -> str:
@@ -94,10 +171,14 @@ def model_slug(model: str) -> str:
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse an existing file or non-empty folder unless ``--overwrite``: the same rule as every save."""
-    from ..checkpoint.save import check_save_target
+    """For commands that add files to --output (nothing is deleted): refuse a file, or a non-empty folder
+    unless ``--overwrite``."""
+    from ..errors import CheckpointError
 
-    check_save_target(path, overwrite)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"--output {path} is a file; pass a folder path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"--output {path} already exists and is not empty; pass --overwrite or choose another folder")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -145,17 +226,20 @@ class Stages:
     keeps only the results, so it can be piped or diffed.
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, quiet: bool = False) -> None:
         self.total = total
         self.index = 0
+        self.quiet = quiet
         self.durations: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.index += 1
-        print(f"[{self.index}/{self.total}] {name} ...", file=sys.stderr, flush=True)
+        if not self.quiet:
+            print(f"[{self.index}/{self.total}] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         yield
         elapsed = time.perf_counter() - start
         self.durations[name] = elapsed
-        print(f"[{self.index}/{self.total}] {name} done in {elapsed:.1f} s", file=sys.stderr, flush=True)
+        if not self.quiet:
+            print(f"[{self.index}/{self.total}] {name} done in {elapsed:.1f} s", file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ from .common import (
     add_eval_arguments,
     add_model_arguments,
     add_output_arguments,
-    check_output_dir,
+    check_device_map,
+    check_model_limits,
     format_memory,
     format_table,
     load_kwargs,
@@ -28,15 +29,16 @@ DESCRIPTION = (
     "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
     "measure perplexity before and after, and save the pruned model (and push it to the Hub).\n"
     "Flags override the values of --config, which override the defaults below.\n\n"
-    "example:\n"
+    "example (about 2 minutes on a 2-core CPU):\n"
     "  optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha \\\n"
-    "      --nsamples 32 --seqlen 512 --eval --max-windows 20 --output outputs/smollm2-135m-alpha-wanda-50"
+    "      --nsamples 32 --seqlen 512 --eval --eval-seqlen 512 --max-windows 20 \\\n"
+    "      --output outputs/smollm2-135m-alpha-wanda-50"
 )
 # Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
 # while the parser is built, and `optimum-cli --help` must stay instant.
 METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
 ALLOCATIONS = ("alpha", "owl", "uniform")
-METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm", "spectral_norm")
+METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
 CONFIG_DEFAULTS: dict[str, Any] = {
     "sparsity": 0.5,
     "method": "wanda",
@@ -50,9 +52,13 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "seqlen": None,
     "seed": 0,
     "nm": None,
+    "percdamp": 0.01,
+    "blocksize": 128,
+    "owl_threshold": 5.0,
+    "owl_lambda": 0.08,
+    "fix_finger": "reference",
     "ignore": None,
     "block_score": "mean",
-    "percdamp": 0.01,
     "alps_rho": 0.1,
     "alps_max_iter": 300,
     "alps_pcg_iters": 10,
@@ -99,9 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _config_flag(parser, "--nsamples", "nsamples", "number of calibration windows", type=positive_int,
                  metavar="N")
     _config_flag(parser, "--seqlen", "seqlen",
-                 "tokens per calibration (and --eval) window; None means min(2048, model max positions)",
-                 type=positive_int, metavar="N")
+                 "tokens per calibration window (evaluation windows: --eval-seqlen); None means "
+                 "min(2048, model max positions)", type=positive_int, metavar="N")
     _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
+    _config_flag(parser, "--blocksize", "blocksize", "SparseGPT: columns pruned together", type=positive_int,
+                 metavar="N")
+    _config_flag(parser, "--owl-threshold", "owl_threshold",
+                 "OWL's M: an activation is an outlier above M times its layer's mean", type=float, metavar="M")
+    _config_flag(parser, "--owl-lambda", "owl_lambda", "OWL's lambda: block sparsities lie in target +- lambda",
+                 type=float, metavar="L")
+    _config_flag(parser, "--fix-finger", "fix_finger",
+                 "xmin window of the Hill fit: reference (authors' code) or strict", choices=("reference", "strict"))
     _config_flag(parser, "--ignore", "ignore",
                  "keep matching block weights dense (repeatable): a module name or 're:REGEX', e.g. "
                  "--ignore 're:.*self_attn.*'; MoE routers are kept dense anyway",
@@ -122,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="T")
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
+        "--force-overwrite",
+        action="store_true",
+        help="with an existing --output that is not a checkpoint written by optimum-alpha: replace the "
+        "checkpoint files in it anyway (its other files are kept)",
+    )
+    parser.add_argument(
         "--format",
         choices=("sparse", "dense"),
         default="sparse",
@@ -134,47 +154,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest safetensors shard, e.g. 500MB or 5GB",
     )
     parser.add_argument(
-        "--push-to-hub", default=None, metavar="REPO", help="also upload the pruned model to this Hub repo id"
+        "--push-to-hub", default=None, metavar="REPO",
+        help="also upload the saved folder to this Hub repo id (token, repo id and offline mode are checked "
+        "before the model is loaded)",
     )
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
-    add_eval_arguments(parser, prefix="eval-")
+    add_eval_arguments(parser)
 
 
 def resolve_config(args: argparse.Namespace):
     """AlphaPruningConfig from --config (if any) with every given flag laid over it."""
     from ..configuration import AlphaPruningConfig
+    from ..errors import ConfigError
 
     values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
     given = {field: getattr(args, field) for field in CONFIG_DEFAULTS}
     values.update({field: value for field, value in given.items() if value is not None})
-    return AlphaPruningConfig.from_dict(values)
+    values.pop("quant_method", None)
+    config = AlphaPruningConfig.from_dict(values)
+    pattern = config.nm_pattern
+    if pattern is not None and "sparsity" in values and abs(config.effective_sparsity - config.sparsity) > 1e-9:
+        raise ConfigError(
+            f"--sparsity {config.sparsity} contradicts --nm {config.nm}, which keeps {pattern[0]} of every "
+            f"{pattern[1]} weights, i.e. sparsity {config.effective_sparsity:g}; drop --sparsity, or use "
+            f"--nm mixed:{pattern[1]} to reach {config.sparsity} with a whole N per block"
+        )
+    return config
+
+
+def run_label(config) -> str:
+    """How the run is described everywhere (stage header, summary): sparsity, pattern, allocation, method."""
+    structure = config.sparsity_structure
+    if config.nm_pattern is not None:
+        return f"{config.effective_sparsity:.0%} ({structure} pattern, {config.method})"
+    pattern = f"{structure} pattern, " if structure != "unstructured" else ""
+    return f"{config.effective_sparsity:.0%} ({pattern}{config.allocation} allocation, {config.method})"
 
 
 def default_output(model: str, config) -> Path:
-    """``outputs/<model>-<allocation>-<method>-<percent>``, e.g. ``outputs/smollm2-135m-alpha-wanda-50``."""
-    percent = f"{config.sparsity * 100:g}".replace(".", "p")
-    return Path("outputs") / f"{model_slug(model)}-{config.allocation}-{config.method}-{percent}"
+    """``outputs/<model>-<allocation>-<method>-<percent>`` (``...-2of4-magnitude-50`` for a fixed N:M pattern,
+    ``...-alpha-wanda-mixed8-50`` for mixed N:M), named by the sparsity the run aims at."""
+    percent = f"{config.effective_sparsity * 100:g}".replace(".", "p")
+    pattern, mixed = config.nm_pattern, config.nm_mixed_group
+    if pattern is not None:
+        parts = [f"{pattern[0]}of{pattern[1]}", config.method]
+    else:
+        parts = [config.allocation, config.method] + ([f"mixed{mixed}"] if mixed else [])
+    return Path("outputs") / "-".join([model_slug(model), *parts, percent])
 
 
-def _perplexity(pruner, args: argparse.Namespace, seqlen: int | None) -> float:
+def _perplexity(pruner, args: argparse.Namespace) -> float:
     from ..evaluate import perplexity
 
-    return perplexity(
-        pruner.model, pruner.tokenizer, dataset=args.eval_dataset, seqlen=seqlen, max_windows=args.max_windows
-    )
+    return perplexity(pruner.model, pruner.tokenizer, dataset=args.eval_dataset, seqlen=args.eval_seqlen,
+                      max_windows=args.max_windows, show_progress=not args.quiet)
 
 
-def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: float, memory: dict) -> None:
+def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: float, memory: dict) -> None:
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
     score_name = {"alpha": config.metric, "owl": "outlier_ratio"}.get(config.allocation, "score")
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
     print()
-    print(f"Pruned blocks ({config.allocation} allocation, {config.method}):")
+    print(f"Pruned blocks to {run_label(config)}:")
     print(format_table(["block", score_name, "allocated", "achieved"], rows))
     # The target comes from the blocks, not config.sparsity, which an N:M pattern overrides.
-    params = sum(b.num_params for b in report.blocks) or 1
-    target = sum(b.target_sparsity * b.num_params for b in report.blocks) / params
-    print(f"total sparsity: {report.total_sparsity:.4f} (target {target:.4f})")
+    print(f"total sparsity: {report.total_sparsity:.4f} (target {report.target_sparsity:.4f}, "
+          f"structure {report.sparsity_structure})")
+    if report.pinned_blocks:
+        print(f"warning: blocks {report.pinned_blocks} are pinned at the sparsity cap "
+              f"({config.max_sparsity}); the rest of their share went to other blocks")
     if report.ignored:
         print(f"kept dense on purpose: {len(report.ignored)} weights ({sum(report.ignored.values())} parameters); "
               f"sparsity over all block weights {report.block_weight_sparsity:.4f}")
@@ -184,44 +233,80 @@ def print_summary(report, config, ppl: dict[str, float], output: Path, elapsed: 
         cal = report.calibration
         print(f"calibration: {cal['dataset']}, {cal['nsamples']} windows x {cal['seqlen']} tokens")
     if ppl:
-        before, after = ppl["before"], ppl["after"]
-        ratio = after / before
-        print(f"perplexity ({ppl['dataset']}): before {before:.3f}, after {after:.3f} ({ratio:.2f}x)")
+        before, after = ppl["dense"], ppl["pruned"]
+        print(f"perplexity ({ppl['dataset']}, {ppl['windows']} windows x {ppl['seqlen']} tokens): "
+              f"before {before:.3f}, after {after:.3f} ({after / before:.2f}x)")
     print(f"time: {elapsed:.1f} s, peak memory: {format_memory(memory)}")
     print(f"saved to: {output}")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_before_loading(args: argparse.Namespace):
+    """Everything that can fail without the weights, in the order a user would fix it; returns the config,
+    the output folder and the overwrite mode."""
     config = resolve_config(args)
+    from ..checkpoint.save import check_save_request
+
     output = args.output if args.output is not None else default_output(args.model, config)
-    check_output_dir(output, args.overwrite)
+    overwrite = "force" if args.force_overwrite else args.overwrite
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
+    check_device_map(args.device_map)
+    from ..data import load_texts
+
     if isinstance(config.calibration_dataset, str):
-        from ..data import load_texts
-
         load_texts(config.calibration_dataset)  # a wrong name or path fails now, not after loading the model
+    if args.eval:
+        load_texts(args.eval_dataset)
+    if args.push_to_hub:
+        from ..checkpoint.hub import check_push_target
 
+        check_push_target(args.push_to_hub)
+    check_model_limits(args.model, load_kwargs(args),
+                       {"--seqlen": config.seqlen, "--eval-seqlen": args.eval_seqlen if args.eval else None})
+    return config, output, overwrite
+
+
+def push_or_explain(folder: Path, repo: str, private: bool) -> str:
+    """Push the saved folder; a failure keeps it and says how to retry the push alone."""
+    from ..checkpoint import push_folder_to_hub
+    from ..errors import CheckpointError
+
+    try:
+        return push_folder_to_hub(folder, repo, private=private or None)
+    except CheckpointError as error:
+        retry = f"optimum-cli alpha-prune push {folder} {repo}" + (" --private" if private else "")
+        raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    config, output, overwrite = check_before_loading(args)
     start = time.perf_counter()
-    stages = Stages(3 + 2 * bool(args.eval) + bool(args.push_to_hub))
-    with stages.stage(f"Loading {args.model} and analysing its ESD"):
+    stages = Stages(3 + 2 * bool(args.eval) + bool(args.push_to_hub), quiet=args.quiet)
+    show = not args.quiet
+    with stages.stage(f"Loading {args.model}"):
         from ..pruner import AlphaPruner
 
-        pruner = AlphaPruner.from_pretrained(args.model, **load_kwargs(args))
+        pruner = AlphaPruner.from_pretrained(args.model, show_progress=show, **load_kwargs(args))
     ppl: dict[str, Any] = {}
     if args.eval:
-        with stages.stage(f"Perplexity of the dense model on {args.eval_dataset}"):
-            ppl["before"] = pruner.perplexity["dense"] = _perplexity(pruner, args, config.seqlen)
-        print(f"perplexity before pruning: {ppl['before']:.3f}", flush=True)
-    with stages.stage(f"Pruning to {config.sparsity:.0%} ({config.allocation} allocation, {config.method})"):
-        _, report = pruner.prune(config)
+        from ..evaluate import evaluation_protocol
+
+        ppl.update(evaluation_protocol(pruner.model, pruner.tokenizer, args.eval_dataset, args.eval_seqlen,
+                                       args.max_windows))
+        with stages.stage(f"Perplexity of the dense model ({ppl['dataset']}, {ppl['windows']} windows)"):
+            ppl["dense"] = _perplexity(pruner, args)
+        print(f"perplexity before pruning: {ppl['dense']:.3f}", flush=True)
+    with stages.stage(f"Pruning to {run_label(config)}"):
+        _, report = pruner.prune(config, show_progress=show)
     if args.eval:
-        with stages.stage(f"Perplexity of the pruned model on {args.eval_dataset}"):
-            ppl["after"] = pruner.perplexity["pruned"] = _perplexity(pruner, args, config.seqlen)
-        ppl["dataset"] = args.eval_dataset
+        with stages.stage("Perplexity of the pruned model"):
+            ppl["pruned"] = _perplexity(pruner, args)
+        pruner.perplexity.update(ppl)
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=args.overwrite)
+                               overwrite=overwrite)
+    print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
-            pruner.push_to_hub(args.push_to_hub)
-    print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
+            url = push_or_explain(output, args.push_to_hub, args.private)
+        print(f"pushed to: {url}")
     return 0

@@ -21,6 +21,7 @@ commands:
   analyze   measure each block's weight-spectrum metrics (alpha) and preview the allocation
   prune     prune a model and save it, with perplexity before/after (--eval)
   eval      measure perplexity of a dense or pruned model
+  push      upload a saved folder to the Hub (retries a failed --push-to-hub)
 
 Run 'optimum-cli alpha-prune <command> --help' for the flags of a command, e.g.
   optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha --eval
@@ -28,7 +29,7 @@ Run 'optimum-cli alpha-prune <command> --help' for the flags of a command, e.g.
 
 
 class AlphaPruneCommand(BaseOptimumCLICommand):
-    """``optimum-cli alpha-prune {analyze,prune,eval}``: the commands of the ``optimum-alpha`` script."""
+    """``optimum-cli alpha-prune {analyze,prune,eval,push}``: the commands of the ``optimum-alpha`` script."""
 
     COMMAND = CommandInfo(
         name="alpha-prune",
@@ -37,7 +38,7 @@ class AlphaPruneCommand(BaseOptimumCLICommand):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.usage = f"{PROG} {{analyze,prune,eval}} MODEL [options]"
+        parser.usage = f"{PROG} {{analyze,prune,eval,push}} ARGS [options]"
         parser.description = OVERVIEW
         parser.formatter_class = RawDescriptionHelpFormatter
         parser.add_argument("argv", nargs=REMAINDER, help=SUPPRESS)
