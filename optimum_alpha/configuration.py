@@ -25,6 +25,7 @@ from .pruning.alps import check_alps_options
 METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
 GRANULARITIES = ("block", "matrix")
+STRUCTURES = ("unstructured", "width")
 DEFAULT_MAX_SEQLEN = 2048
 MIXED_NM_PREFIX = "mixed:"
 AUTO = "auto"
@@ -176,6 +177,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         prune_routers: prune MoE router weights like any matrix (default: keep them dense).
         block_score: how a block's score is made from its matrices' metrics: ``mean`` (paper; every expert
             matrix counts once) or ``weighted`` by parameter count.
+        structure: ``unstructured`` (zeros inside the weights) or ``width``: remove whole attention heads and
+            MLP channels so that ``sparsity`` of the block weights is gone, giving a smaller dense model
+            (Llama-style blocks; ``allocation`` sets each block's share, see docs/structured.md).
+        unstructured_sparsity: with ``structure="width"``, then zero this fraction of the remaining block
+            weights with ``method`` (and/or apply ``nm``); None: width pruning only.
+        structured_refit: refit ``o_proj``/``down_proj`` by least squares on the kept inputs (else only slice).
+        structured_damp: ridge λ of that refit, as a fraction of the mean diagonal of the Gram matrix.
+        prune_kv_groups: remove whole key/value groups instead of query heads inside every group; None: only
+            when each group has one query head (multi-head attention).
+        head_sparsity: fraction of query heads (per group) or of groups to remove in every block; None: each
+            block's own fraction, with MLP channels taking the rest of its share.
     """
 
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
@@ -208,6 +220,12 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     ignore: list[str] | None = None
     prune_routers: bool = False
     block_score: str = "mean"
+    structure: str = "unstructured"
+    unstructured_sparsity: float | None = None
+    structured_refit: bool = True
+    structured_damp: float = 0.01
+    prune_kv_groups: bool | None = None
+    head_sparsity: float | None = None
     tokenizer: Any = None
     dataset: InitVar[Any] = None
 
@@ -261,6 +279,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             compile_patterns(self.ignore)
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+        self._check_structure()
 
     def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
         """The config values a layer pruner declares in its ``options``."""
@@ -288,6 +307,41 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def searches_epsilon(self) -> bool:
         """True for ``epsilon="auto"`` with the alpha allocation (the only one ε acts on)."""
         return self.epsilon == AUTO and self.allocation == "alpha"
+
+    def _check_structure(self) -> None:
+        self.structure = str(self.structure).lower()
+        if self.structure not in STRUCTURES:
+            raise ConfigError(f"Unknown structure {self.structure!r}; choose one of {', '.join(STRUCTURES)}.")
+        width_only = {"unstructured_sparsity": self.unstructured_sparsity, "head_sparsity": self.head_sparsity,
+                      "prune_kv_groups": self.prune_kv_groups}
+        if self.structure != "width":
+            given = [name for name, value in width_only.items() if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply with structure='width'; set structure='width'.")
+            return
+        if self.granularity != "block":
+            raise ConfigError("structure='width' allocates per block; use granularity='block'.")
+        if self.ignore:
+            raise ConfigError("structure='width' removes heads and channels of whole blocks; drop ignore=.")
+        if self.unstructured_sparsity is not None:
+            check_sparsity(float(self.unstructured_sparsity), float(self.max_sparsity))
+        if self.head_sparsity is not None and not 0.0 <= float(self.head_sparsity) < 1.0:
+            raise ConfigError(f"head_sparsity must be in [0, 1) or None, got {self.head_sparsity}.")
+        if not float(self.structured_damp) > 0:
+            raise ConfigError(f"structured_damp must be > 0 (ridge of the refit), got {self.structured_damp}.")
+
+    @property
+    def sparsifies_after_width(self) -> bool:
+        """Whether a width-pruned model is then pruned unstructured (or N:M)."""
+        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None)
+
+    def unstructured_stage(self) -> "AlphaPruningConfig":
+        """The config of the unstructured stage that follows width pruning."""
+        from dataclasses import replace
+
+        sparsity = self.unstructured_sparsity if self.unstructured_sparsity is not None else 0.0
+        return replace(self, structure="unstructured", sparsity=sparsity, unstructured_sparsity=None,
+                       head_sparsity=None, prune_kv_groups=None)
 
     @property
     def nm_pattern(self) -> tuple[int, int] | None:

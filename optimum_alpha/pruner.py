@@ -252,6 +252,10 @@ class AlphaPruner(OptimumQuantizer):
             from .epsilon_search import search_epsilon
 
             return search_epsilon(self, config, show_progress)
+        if config.structure == "width":  # heads and channels go first (then, optionally, the code below)
+            from .structured import prune_structured
+
+            return prune_structured(self, config, show_progress)
         if config.nm_pattern is not None and abs(config.effective_sparsity - config.sparsity) > 1e-9:
             logger.info("N:M pattern %s sets the sparsity to %.4f; sparsity=%s is not used.",
                            config.nm, config.effective_sparsity, config.sparsity)
@@ -393,6 +397,7 @@ class AlphaPruner(OptimumQuantizer):
             "uncalibrated": report.uncalibrated if report else [],
             "calibration": report.calibration if report else {},
             "epsilon_search": report.epsilon_search if report else {},
+            "structured": report.structured if report else [],
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
         }

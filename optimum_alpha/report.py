@@ -38,6 +38,8 @@ class PruningReport:
     sparsity_structure: str = "unstructured"  # "2:4", "mixed:8" or "unstructured"
     ignored: dict[str, int] = field(default_factory=dict)  # weight name -> parameters kept dense on purpose
     uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
+    # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
+    structured: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_sparsity(self) -> float:

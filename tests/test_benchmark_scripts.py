@@ -72,3 +72,22 @@ def test_architecture_table_has_a_row_per_family_with_exact_replay_and_full_cove
     for row in rows.values():
         assert float(row[2]) < 1e-5 and row[3] == "1.00" and row[7] == "yes"
         assert float(row[5]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
+    from benchmarks import structured
+
+    text = structured.main(
+        ["--fractions", "0.3", "--quality-fraction", "0.3", "--nsamples", "2", "--seqlen", "32",
+         "--speed-nsamples", "2", "--eval-seqlen", "32", "--max-windows", "1", "--prefill", "16",
+         "--decode-tokens", "2", "--repeats", "1"],
+        model_factory=lambda: (make_tiny_model("llama", layers=2), tiny_tokenizer),
+    )
+    tables = text.split("| model |")
+    quality, speed = data_rows(tables[0]), data_rows("| model |" + tables[1])
+    assert [row[:2] for row in quality[1:]] == [["uniform", "refit"], ["uniform", "slice only"],
+                                                ["alpha", "refit"], ["alpha", "slice only"]]
+    assert all(float(row[3]) > 1 for row in quality)
+    assert [row[0] for row in speed] == ["dense", "uniform 30%", "alpha 30%"]
+    assert all(float(row[2]) == pytest.approx(0.3, abs=0.05) for row in speed[1:])
+    assert len(speed[0]) == 8

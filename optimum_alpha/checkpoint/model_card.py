@@ -42,6 +42,21 @@ model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
 > type and stops with a size-mismatch error on one marker weight. Never pass `ignore_mismatched_sizes=True`
 > to get past it: the Linear weights would be left randomly initialised.
 """
+    if fmt == "width":
+        return f"""Attention heads and MLP channels were removed, and the blocks have different widths
+(`alpha_block_widths` in `config.json`). **Loading needs `optimum-alpha`**: importing it registers the
+`alpha_width` loader, which gives every block its own shape before the weights load.
+
+```python
+import optimum_alpha  # registers quant_method "alpha_width" with transformers
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
+```
+
+> **Without `optimum-alpha` this checkpoint does not load** (a size-mismatch error); never pass
+> `ignore_mismatched_sizes=True`, the smaller weights would be replaced by random ones.
+"""
     return f"""The weights are ordinary safetensors with the pruned entries stored as zeros; nothing beyond
 transformers is needed:
 
@@ -128,11 +143,18 @@ def build_model_card(
     # Under a fixed N:M pattern the pattern sets the sparsity; the weighted block targets say what was aimed at.
     target = metadata.get("target_sparsity", config.get("sparsity"))
     achieved = metadata.get("achieved_sparsity")
+    width_only = config.get("structure") == "width" and config.get("unstructured_sparsity") is None \
+        and not config.get("nm")
+    if width_only:  # no zeros inside the weights: whole heads and channels are gone
+        method = "width pruning, " + ("least-squares refit" if config.get("structured_refit", True) else "slice only")
+        achieved = None
     lines = [
         f"# {Path(str(base_model)).name if base_model else 'Model'} pruned with optimum-alpha",
         "",
-        f"This model was pruned with optimum-alpha using the `{method}` pruning criterion inside each layer; "
-        f"{_allocation_text(allocation, metric, structure)}.",
+        (f"This model was width-pruned with optimum-alpha (`{method}`): whole attention heads and MLP channels "
+         "removed; " if width_only else
+         f"This model was pruned with optimum-alpha using the `{method}` pruning criterion inside each layer; ")
+        + f"{_allocation_text(allocation, metric, structure)}.",
         "",
         "| | |",
         "| --- | --- |",
@@ -145,6 +167,11 @@ def build_model_card(
         f"| optimum-alpha version | {metadata.get('library_version', 'unknown')} |",
     ]
     lines += _calibration_rows(metadata.get("calibration") or {}, metadata.get("epsilon_search") or {})
+    structured = metadata.get("structured") or []
+    if structured and all("params" in b for b in structured):
+        removed = sum(b["removed_fraction"] * b["params"] for b in structured) / sum(b["params"] for b in structured)
+        lines.append(f"| structure | width: whole attention heads and MLP channels removed, "
+                     f"{_fmt(removed)} of the block weights |")
     perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
     if perplexity_row:
         lines.append(perplexity_row)

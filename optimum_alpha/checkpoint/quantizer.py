@@ -164,10 +164,29 @@ def _is_ours(conversion: Any) -> bool:
     return any(isinstance(op, AlphaSparseDecompress) for op in getattr(conversion, "operations", ()))
 
 
-class AlphaSparseHfQuantizer(HfQuantizer):
+class LoadOnlyQuantizer(HfQuantizer):
+    """Base of optimum-alpha's loaders: nothing is quantized, checkpoints only load in a special way."""
+
+    requires_calibration = True  # a dense model cannot be "quantized" to these formats on load
+
+    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
+        return False
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
-    requires_calibration = True  # a dense model cannot be "quantized" to alpha_sparse on load
     # Read by transformers' update_weight_conversions: a model converter that merges per-expert `.weight` keys
     # also collects their bitmask parts and runs AlphaSparseDecompress first.
     serialized_names = {"weight": ["weight", *bitmask.SUFFIXES]}
@@ -199,11 +218,12 @@ class AlphaSparseHfQuantizer(HfQuantizer):
             WeightConverter(list(_FUSED_PATTERNS.values()), "", [AlphaSparseDecompress(self)]),
         ]
 
-    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
-        return False
-
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
-        """The named marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
+        """A width-pruned model (``alpha_block_widths`` in its config) gets its block shapes first. The named
+        marker (:data:`MARKER_KEY`) is for loaders without the plug-in: not an unexpected key here."""
+        from ..structured.checkpoint import resize_from_config
+
+        resize_from_config(model, required=False)
         ignored = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
         model._keys_to_ignore_on_load_unexpected = ignored | {re.escape(MARKER_KEY)}
         return model
@@ -235,33 +255,22 @@ class AlphaSparseHfQuantizer(HfQuantizer):
             "match the model class, save it again with optimum_alpha.save_pruned"
         )
 
-    def is_serializable(self) -> bool:
-        return True
 
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
-
-
-def _already_registered() -> bool:
+def _already_registered(method: str, config_cls: type, quantizer_cls: type) -> bool:
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 
     return (
-        AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is AlphaSparseConfig
-        and AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is AlphaSparseHfQuantizer
+        AUTO_QUANTIZATION_CONFIG_MAPPING.get(method) is config_cls
+        and AUTO_QUANTIZER_MAPPING.get(method) is quantizer_cls
     )
 
 
-def register() -> None:
-    """Register the config and quantizer with transformers under ``quant_method="alpha_sparse"``.
+def register_method(method: str, config_cls: type, quantizer_cls: type) -> None:
+    """Register a config and quantizer with transformers under ``quant_method=method``.
 
     Idempotent: transformers' ``register_*`` helpers refuse a second registration, so we check first.
     """
-    if _already_registered():
+    if _already_registered(method, config_cls, quantizer_cls):
         return
     from transformers.quantizers.auto import (
         AUTO_QUANTIZATION_CONFIG_MAPPING,
@@ -270,15 +279,23 @@ def register() -> None:
         register_quantizer,
     )
 
-    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(QUANT_METHOD)(AlphaSparseConfig)
-    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(QUANT_METHOD)(AlphaSparseHfQuantizer)
-    if not _already_registered():
+    if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(method)(config_cls)
+    if method not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(method)(quantizer_cls)
+    if not _already_registered(method, config_cls, quantizer_cls):
         raise RuntimeError(
-            f"another package registered quant_method {QUANT_METHOD!r} with transformers; "
-            "optimum-alpha cannot load its sparse checkpoints alongside it"
+            f"another package registered quant_method {method!r} with transformers; "
+            "optimum-alpha cannot load its checkpoints alongside it"
         )
+
+
+def register() -> None:
+    """Register ``alpha_sparse`` (bitmask weights) and ``alpha_width`` (per-block widths) with transformers."""
+    from ..structured.checkpoint import AlphaWidthConfig, AlphaWidthHfQuantizer, WIDTH_QUANT_METHOD
+
+    register_method(QUANT_METHOD, AlphaSparseConfig, AlphaSparseHfQuantizer)
+    register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)
 
 
 register()  # on import: see optimum_alpha/_registration.py

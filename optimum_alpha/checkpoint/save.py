@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import CheckpointError
-from ..interrupts import sigterm_as_interrupt
+from ..interrupts import hold_interrupts, sigterm_as_interrupt
+from ..structured.checkpoint import add_width_quantization_config
 from .model_card import build_model_card
 from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
 from .target import (
@@ -220,10 +221,11 @@ def _write_folder(
     else:
         with _without_gguf_state(model):
             model.save_pretrained(folder, max_shard_size=max_shard_size)
+    card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     chart = _write_chart(folder, data)
-    build_model_card(data, fmt=fmt, chart_file=chart).save(folder / "README.md")
+    build_model_card(data, fmt=card_format, chart_file=chart).save(folder / "README.md")
     # Written last: the manifest of every file of this save, so an overwrite deletes nothing else.
     data[MANIFEST_KEY] = sorted(os.listdir(folder)) + [METADATA_FILE]
     (folder / METADATA_FILE).write_text(json.dumps(data, indent=2) + "\n")
@@ -259,14 +261,17 @@ def save_pruned(
             ) from error
     target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite)
     with sigterm_as_interrupt():
-        staging = make_staging(target)
+        staging: Path | None = None
         try:
+            with hold_interrupts():  # a signal between mkdir and the assignment would orphan the folder
+                staging = make_staging(target)
             _write_folder(
                 model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata
             )
             put_in_place(staging, target, overwrite)
         except BaseException as error:
-            discard_staging(staging, target)
+            if staging is not None:
+                discard_staging(staging, target)
             if isinstance(error, (OSError, SafetensorError)):
                 raise CheckpointError(f"saving to {target} failed: {error}; nothing was changed there") from error
             raise

@@ -66,7 +66,13 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "alps_max_iter": 300,
     "alps_pcg_iters": 10,
     "alps_pcg_tol": 1e-4,
+    "structure": "unstructured",
+    "unstructured_sparsity": None,
+    "structured_refit": True,
+    "head_sparsity": None,
+    "prune_kv_groups": None,
 }
+STRUCTURES = ("unstructured", "width")
 
 
 def _config_flag(parser: argparse.ArgumentParser, flag: str, field: str, help: str, **kwargs: Any) -> None:
@@ -108,6 +114,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "semi-structured sparsity: N:M such as 2:4 (N kept per M weights, ignores --sparsity) or "
                  "mixed:M such as mixed:8 (each block gets its own N from --allocation)",
                  metavar="N:M|mixed:M")
+    _config_flag(parser, "--structure", "structure",
+                 "unstructured: zeros inside the weights; width: remove whole attention heads and MLP channels "
+                 "(--sparsity of the block weights) for a smaller dense model", choices=STRUCTURES)
+    _config_flag(parser, "--unstructured-sparsity", "unstructured_sparsity",
+                 "with --structure width: then zero this fraction of the remaining weights with --method",
+                 type=float, metavar="S")
+    _config_flag(parser, "--head-sparsity", "head_sparsity",
+                 "with --structure width: fraction of query heads per KV group (or of groups) removed in "
+                 "every block; default: each block's own share", type=float, metavar="S")
+    parser.add_argument("--prune-kv-groups", dest="prune_kv_groups", action="store_const", const=True,
+                        default=None, help="with --structure width: remove whole key/value groups, not query "
+                        "heads inside each group (default: off, except for multi-head attention)")
+    parser.add_argument("--no-refit", dest="structured_refit", action="store_const", const=False, default=None,
+                        help="with --structure width: only slice o_proj/down_proj, no least-squares refit (default: refit)")
     _config_flag(parser, "--calibration", "calibration_dataset",
                  "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
                  metavar="c4|wikitext2|PATH")
@@ -210,6 +230,8 @@ def resolve_config(args: argparse.Namespace):
 def run_label(config) -> str:
     """How the run is described everywhere (stage header, summary): sparsity, pattern, allocation, method."""
     structure = config.sparsity_structure
+    if config.structure == "width" and not config.sparsifies_after_width:
+        return f"{config.sparsity:.0%} of the block weights (width: heads and channels, {config.allocation} allocation)"
     if config.nm_pattern is not None:
         return f"{config.effective_sparsity:.0%} ({structure} pattern, {config.method})"
     pattern = f"{structure} pattern, " if structure != "unstructured" else ""
@@ -220,6 +242,8 @@ def default_output(model: str, config) -> Path:
     """``outputs/<model>-<allocation>-<method>-<percent>`` (``...-2of4-magnitude-50`` for a fixed N:M pattern,
     ``...-alpha-wanda-mixed8-50`` for mixed N:M), named by the sparsity the run aims at."""
     percent = f"{config.effective_sparsity * 100:g}".replace(".", "p")
+    if config.structure == "width" and not config.sparsifies_after_width:  # e.g. smollm2-135m-alpha-width-30
+        return Path("outputs") / f"{model_slug(model)}-{config.allocation}-width-{percent}"
     pattern, mixed = config.nm_pattern, config.nm_mixed_group
     if pattern is not None:
         parts = [f"{pattern[0]}of{pattern[1]}", config.method]
@@ -239,15 +263,25 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
     score_name = {"alpha": config.metric, "owl": "outlier_ratio"}.get(config.allocation, "score")
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
+    width_only = config.structure == "width" and not config.sparsifies_after_width
     print()
-    print(f"Pruned blocks to {run_label(config)}:")
-    print(format_table(["block", score_name, "allocated", "achieved"], rows))
-    # The target comes from the blocks, not config.sparsity, which an N:M pattern overrides.
-    print(f"total sparsity: {report.total_sparsity:.4f} (target {report.target_sparsity:.4f}, "
-          f"structure {report.sparsity_structure})")
-    if report.pinned_blocks:
-        print(f"warning: blocks {report.pinned_blocks} are pinned at the sparsity cap "
-              f"({config.max_sparsity}); the rest of their share went to other blocks")
+    if report.structured:
+        print("Block widths kept (query heads, key/value heads, MLP channels) and share of block weights removed:")
+        print(format_table(["block", "heads", "kv heads", "channels", "allocated", "removed"], [
+            [s["index"], s["width"]["num_attention_heads"], s["width"]["num_key_value_heads"],
+             s["width"]["intermediate_size"], s["target_fraction"], s["removed_fraction"]]
+            for s in report.structured]))
+    if width_only:
+        print(f"block weights removed: {report.total_sparsity:.4f} (target {report.target_sparsity:.4f})")
+    else:
+        print(f"Pruned blocks to {run_label(config)}:")
+        print(format_table(["block", score_name, "allocated", "achieved"], rows))
+        # The target comes from the blocks, not config.sparsity, which an N:M pattern overrides.
+        print(f"total sparsity: {report.total_sparsity:.4f} (target {report.target_sparsity:.4f}, "
+              f"structure {report.sparsity_structure})")
+        if report.pinned_blocks:
+            print(f"warning: blocks {report.pinned_blocks} are pinned at the sparsity cap "
+                  f"({config.max_sparsity}); the rest of their share went to other blocks")
     if report.ignored:
         print(f"kept dense on purpose: {len(report.ignored)} weights ({sum(report.ignored.values())} parameters); "
               f"sparsity over all block weights {report.block_weight_sparsity:.4f}")

@@ -1,0 +1,157 @@
+"""Width pruning, one block at a time on calibration data (the design of the unstructured pipeline).
+
+For each block: one pass of the dense block collects the Gram matrices of the ``o_proj`` and ``down_proj``
+inputs; the plan's head and channel counts are filled with the most salient ones; ``o_proj``/``down_proj`` are
+refitted on the kept inputs (or only sliced, the baseline); the block is rebuilt smaller; and the *pruned*
+block is replayed so the next block calibrates on what it will really receive. Every plan is made, and every
+bad input refused, before block 0 changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..calibration import BlockInputs, run_block
+from ..configuration import AlphaPruningConfig
+from ..errors import ConfigError, ModelStructureError
+from ..model_utils import check_finite
+from ..report import BlockReport, PruningReport
+from .apply import shrink_block
+from .checkpoint import record_widths
+from .layout import BlockLayout, WidthPlan, block_layout, max_fraction, plan_block
+from .refit import reconstruction_error, refit
+from .saliency import GramCollector, channel_energy, head_columns, select_heads, top_sorted
+
+
+def _kv_groups(layout: BlockLayout, config: AlphaPruningConfig) -> bool:
+    return layout.group_size == 1 if config.prune_kv_groups is None else bool(config.prune_kv_groups)
+
+
+def width_bound(layouts: Sequence[BlockLayout], config: AlphaPruningConfig) -> float:
+    """The largest fraction any block may lose, refusing a target no allocation can meet."""
+    bound = min(max_fraction(layout, _kv_groups(layout, config), config.head_sparsity) for layout in layouts)
+    if config.sparsity > bound:
+        raise ConfigError(
+            f"sparsity={config.sparsity} would remove all heads or all MLP channels of a block: width pruning "
+            f"keeps one head per key/value group and one channel, so at most {bound:.3f} can go."
+        )
+    return min(config.max_sparsity, bound)
+
+
+def block_fractions(pruner: Any, config: AlphaPruningConfig, bound: float, show_progress: bool = False
+                    ) -> tuple[list[float], list[float | None]]:
+    """Each block's share of its weights to remove, from the pipeline's own uniform, alpha or OWL allocation
+    (block granularity, every block bounded to ``bound``)."""
+    allocation_config = replace(config.unstructured_stage(), sparsity=config.sparsity, max_sparsity=bound, nm=None)
+    blocks = pruner.block_weights(allocation_config)
+    targets, scores = pruner.allocate(allocation_config, show_progress, blocks)
+    return [targets[block.matrices[0].name] for block in blocks], scores
+
+
+def _check_nm_after(plans: Sequence[WidthPlan], layouts: Sequence[BlockLayout], m: int) -> None:
+    for index, (plan, layout) in enumerate(zip(plans, layouts)):
+        for name, columns in (("o_proj", plan.width.num_attention_heads * layout.head_dim),
+                              ("down_proj", plan.width.intermediate_size)):
+            if columns % m:
+                raise ConfigError(
+                    f"After width pruning, block {index}'s {name} has {columns} inputs, not a multiple of the "
+                    f"N:M group M = {m}; choose another sparsity or M, or drop nm."
+                )
+
+
+def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: WidthPlan,
+                 inputs: BlockInputs, config: AlphaPruningConfig) -> dict[str, Any]:
+    """Select, refit and shrink one block; returns its new width and reconstruction errors."""
+    from ..pruner import hold_interrupts
+
+    o_proj, down_proj = layout.attention.o_proj, layout.mlp.down_proj
+    stats = GramCollector(o_proj), GramCollector(down_proj)
+    try:
+        run_block(block, inputs, index, keep_outputs=False)
+    finally:
+        for collector in stats:
+            collector.close()
+    (o_gram, down_gram) = (collector.gram for collector in stats)
+    o_weight, down_weight = o_proj.weight.data, down_proj.weight.data
+    kept_q, kept_kv = select_heads(layout, plan, o_weight, o_gram)
+    channels = top_sorted(channel_energy(down_weight, down_gram), plan.width.intermediate_size)
+    o_columns = head_columns(kept_q, layout.head_dim)
+    new = {}
+    for name, weight, gram, keep in (("o_proj", o_weight, o_gram, o_columns),
+                                     ("down_proj", down_weight, down_gram, channels)):
+        if len(keep) == weight.shape[1]:  # nothing removed: the ridge would only perturb the weights
+            new[name] = weight.clone()
+        elif config.structured_refit:
+            new[name] = refit(weight, gram, keep, config.structured_damp)
+        else:
+            new[name] = weight[:, keep.to(weight.device)]
+        new[f"{name}_error"] = reconstruction_error(weight, gram, new[name], keep)
+    with hold_interrupts():  # a Ctrl-C lands once the block is whole again
+        width = shrink_block(layout, kept_q, kept_kv, channels, new["o_proj"], new["down_proj"])
+    return {"index": index, "width": width.to_dict(), "params": layout.params(),
+            "removed_fraction": 1.0 - layout.params(width) / layout.params(),
+            "o_proj_error": new["o_proj_error"], "down_proj_error": new["down_proj_error"]}
+
+
+@torch.no_grad()
+def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = True) -> PruningReport:
+    """Width-prune every block of ``pruner.model`` in place; the report's sparsities are removed fractions."""
+    start = time.perf_counter()
+    layouts = [block_layout(block, i) for i, block in enumerate(pruner.blocks)]
+    if any(p.device.type == "meta" for block in pruner.blocks for p in block.parameters()):
+        raise ModelStructureError(
+            "Width pruning rebuilds the blocks' Linear layers, so the weights must be in memory; load the model "
+            "without disk offload (device_map) for structure='width'."
+        )
+    for index, block in enumerate(pruner.blocks):  # a NaN in block k fails before block 0 is touched
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                check_finite(module.weight.data, f"{pruner.blocks_path}.{index}.{name}")
+    bound = width_bound(layouts, config)
+    fractions, scores = block_fractions(pruner, config, bound, show_progress)
+    plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
+             for i, (layout, fraction) in enumerate(zip(layouts, fractions))]
+    if config.sparsifies_after_width and config.nm_group is not None:
+        _check_nm_after(plans, layouts, config.nm_group)
+    report = PruningReport(config=config.to_dict())
+    pruner.last_report = report
+    inputs, report.calibration = pruner._calibration_inputs(config)
+    progress = tqdm(list(enumerate(pruner.blocks)), desc="Width pruning", unit="block", disable=not show_progress)
+    for index, block in progress:
+        block_start = time.perf_counter()
+        layout, plan = layouts[index], plans[index]
+        outcome = _prune_block(block, index, layout, plan, inputs, config)
+        record_widths(pruner.model, [block_layout(b, i).width for i, b in enumerate(pruner.blocks)],
+                      layout.head_dim)
+        report.structured.append({**outcome, "target_fraction": fractions[index]})
+        report.blocks.append(BlockReport(index=index, score=scores[index], target_sparsity=fractions[index],
+                                         achieved_sparsity=outcome["removed_fraction"],
+                                         num_params=layout.params(), seconds=0.0))
+        inputs.hidden_states = run_block(block, inputs, index)
+        report.blocks[-1].seconds = time.perf_counter() - block_start
+        report.elapsed_s = time.perf_counter() - start
+    report.completed = True
+    return report
+
+
+def prune_structured(pruner: Any, config: AlphaPruningConfig, show_progress: bool = True):
+    """``structure="width"``: width pruning, then (if asked) unstructured/N:M pruning of what is left.
+    Returns ``(model, report)`` like :meth:`AlphaPruner.prune`; the report of a two-stage run is the second
+    stage's, with the width stage under ``report.structured``."""
+    width_report = prune_widths(pruner, config, show_progress)
+    if not config.sparsifies_after_width:
+        return pruner.model, width_report
+    stage = config.unstructured_stage()
+    pruner.esd_report = None  # stale: the spectra of the smaller matrices drive the second allocation
+    if config.allocation == "alpha":
+        pruner.analyze(fix_finger=config.fix_finger, show_progress=show_progress, block_score=config.block_score,
+                       config=stage)
+    model, report = pruner.prune(stage, show_progress)
+    report.structured = width_report.structured
+    return model, report
