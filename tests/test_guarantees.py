@@ -321,10 +321,9 @@ BAD_CONFIG_VALUES = [
     ("sparsity", "0.5", "sparsity must be a number (float), got the string '0.5'; write 0.5 without quotes"),
     ("sparsity", None, "sparsity must be a number (float), got None"),
     ("sparsity", True, "sparsity must be a number (float), got True (bool)"),
-    ("epsilon", float("inf"), "epsilon must be a finite number"),
+    ("epsilon", float("inf"), "epsilon must be in [0, 1), got inf"),
     ("percdamp", float("inf"), "percdamp must be a finite number, got inf"),
     ("percdamp", float("nan"), "percdamp must be a finite number, got nan"),
-    ("nsamples", None, "nsamples must be a whole number (int), got None"),
     ("nsamples", float("nan"), "nsamples must be a finite number, got nan"),
     ("nsamples", float("inf"), "nsamples must be a finite number, got inf"),
     ("nsamples", "64", "nsamples must be a whole number (int), got the string '64'"),
@@ -361,6 +360,7 @@ def test_config_types_come_from_the_declarations_so_new_fields_are_covered():
 
     assert Extended(ratio=1).ratio == 1.0 and isinstance(Extended(ratio=1).ratio, float)
     assert AlphaPruningConfig(nsamples=64.0).nsamples == 64 and AlphaPruningConfig(seqlen=None).seqlen is None
+    assert AlphaPruningConfig(nsamples=None).nsamples is None  # None: the paper's 128, or what the source holds
     with pytest.raises(ConfigError, match="flag must be true or false"):
         Extended(flag="yes")
     with pytest.raises(ConfigError, match="ratio must be a finite number"):
@@ -383,7 +383,7 @@ CONFIG_FILES = {
     "sparsity-string": ('{"sparsity": "0.5"}', "sparsity must be a number (float), got the string '0.5'"),
     "seed-null": ('{"seed": null}', "seed must be a whole number (int), got None"),
     "seqlen-float": ('{"seqlen": 2.5}', "seqlen must be a whole number (int), got 2.5"),
-    "nan": ('{"epsilon": NaN}', "epsilon must be a finite number, got nan"),
+    "nan": ('{"epsilon": NaN}', "epsilon must be in [0, 1), got nan"),
     "top-level-list": ("[0.5]", "must hold a JSON object"),
     "not-utf8": (b"\xff\xfe{", "is not valid UTF-8 JSON"),
 }
