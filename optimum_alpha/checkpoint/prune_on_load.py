@@ -149,9 +149,19 @@ class AlphaPruningHfQuantizer(HfQuantizer):
 
 def register() -> None:
     """Register ``quant_method="alpha_pruning"`` with transformers (idempotent)."""
-    from .quantizer import register_method
+    from transformers.quantizers.auto import (
+        AUTO_QUANTIZATION_CONFIG_MAPPING,
+        AUTO_QUANTIZER_MAPPING,
+        register_quantization_config,
+        register_quantizer,
+    )
 
-    register_method(QUANT_METHOD, AlphaPruningConfig, AlphaPruningHfQuantizer)
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(AlphaPruningConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(AlphaPruningHfQuantizer)
+    if AUTO_QUANTIZER_MAPPING[QUANT_METHOD] is not AlphaPruningHfQuantizer:
+        raise RuntimeError(f"another package registered quant_method {QUANT_METHOD!r} with transformers")
 
 
 register()  # on import: see optimum_alpha/_registration.py
