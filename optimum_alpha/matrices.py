@@ -255,11 +255,6 @@ def model_weights(model: nn.Module, ignore: Sequence[str] | None = None,
     return path, [classify_block(block, i, f"{path}.{i}", patterns, prune_routers) for i, block in enumerate(blocks)]
 
 
-def find_block_matrices(block: nn.Module, block_index: int, prefix: str) -> list[PrunableMatrix]:
-    """The block's prunable matrices with the default rules (routers dense, nothing else ignored)."""
-    return classify_block(block, block_index, prefix).matrices
-
-
 __all__ = [
     "PrunableMatrix",
     "BlockWeights",
@@ -269,6 +264,5 @@ __all__ = [
     "find_routers",
     "is_fused_experts",
     "matches",
-    "find_block_matrices",
     "model_weights",
 ]
