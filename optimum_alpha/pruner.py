@@ -50,6 +50,8 @@ class AlphaPruner(OptimumQuantizer):
         self.last_report: PruningReport | None = None
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
+        # What evaluators measured (``kl``, ``zero_shot``, ``spectra``, ``speed``): saved in alpha_pruning.json.
+        self.evaluation: dict[str, Any] = {}
         self.saved_path: Path | None = None
 
     @classmethod
@@ -399,6 +401,7 @@ class AlphaPruner(OptimumQuantizer):
             "epsilon_search": report.epsilon_search if report else {},
             "structured": report.structured if report else [],
             "perplexity": dict(self.perplexity),
+            "evaluation": dict(self.evaluation),
             "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
         }
 
