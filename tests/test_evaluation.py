@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,18 @@ def test_soft_capped_logits_are_refused_by_the_dense_capture(tiny_tokenizer):
     with pytest.raises(ConfigError, match="changes its logits after the output head"):
         DenseReference.capture(model, tiny_tokenizer, seqlen=32, max_windows=1)
     assert math.isfinite(perplexity(model, tiny_tokenizer, seqlen=32, max_windows=1, show_progress=False))
+
+
+def test_evaluation_benchmark_prints_one_row_per_model(tiny_tokenizer, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import evaluation as benchmark
+
+    text_file = tmp_path / "head.txt"
+    text_file.write_text("\n\n".join(load_texts("wikitext2")[:200]))
+    text = benchmark.main(["--nsamples", "2", "--seqlen", "32", "--eval-seqlen", "32", "--max-windows", "2",
+                           "--eval-dataset", str(text_file), "--method", "magnitude"],
+                          model_factory=lambda: (make_tiny_model("llama", layers=3), tiny_tokenizer))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and not line.startswith("|---")][1:]
+    assert [r[:2] for r in rows] == [["dense", "-"], ["magnitude 50%", "alpha"], ["magnitude 50%", "uniform"]]
+    assert rows[0][3] == "0" and all(float(r[3]) > 0 and 0 < float(r[6]) <= 1 for r in rows[1:])

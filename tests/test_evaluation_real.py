@@ -44,4 +44,6 @@ def test_smollm2_kl_is_zero_to_itself_and_grows_with_sparsity(smollm2):
         kls.append(dense.compare(model))
     assert 0 < kls[0].kl_mean < kls[1].kl_mean
     assert kls[0].top1_agreement > kls[1].top1_agreement
-    assert kls[1].perplexity > kls[0].perplexity > dense.perplexity
+    # Perplexity need not move with it: on these 256 tokens 20 % magnitude pruning lowered it (45.07 vs 46.29
+    # dense) while the KL divergence was already 0.29 nats/token, the reason KL is reported at all.
+    assert kls[1].perplexity > dense.perplexity

@@ -68,7 +68,7 @@ def _local_path(value: Any, base: Path | None) -> Any:
     if not isinstance(value, str) or base is None or "://" in value or Path(value).is_absolute():
         return value
     anchored = base / value
-    return str(anchored) if anchored.exists() else value
+    return str(anchored.resolve()) if anchored.exists() else value
 
 
 def _with_local_data_files(config: dict[str, Any], base: Path | None, label: str) -> dict[str, Any]:
