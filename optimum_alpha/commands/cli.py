@@ -16,6 +16,7 @@ from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
 from . import analyze, evaluate, prune, push
+from ..options import pruner_names
 from .common import add_verbosity_arguments
 
 USAGE_ERROR = 2
@@ -53,7 +54,8 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``analyze``, ``prune`` and ``eval`` sub-commands to ``parser`` (used by both entry points)."""
     parser.description = (
         "AlphaPruning for Hugging Face LLMs: measure each block's heavy-tailed weight spectrum (ESD),\n"
-        "give well-trained blocks (low alpha) less sparsity, and prune with Wanda, SparseGPT or magnitude."
+        "give well-trained blocks (low alpha) less sparsity, and prune each layer with "
+        f"{', '.join(pruner_names())}."
     )
     parser.formatter_class = HelpFormatter
     parser.epilog = (
@@ -61,7 +63,8 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Run '<command> --help' for the flags of each command."
     )
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", metavar="{analyze,prune,eval,push}", parser_class=OneLineErrorParser
+        title="commands", dest="command", metavar="{" + ",".join(m.NAME for m in SUBCOMMANDS) + "}",
+        parser_class=OneLineErrorParser
     )
     subparsers.required = True
     for module in SUBCOMMANDS:

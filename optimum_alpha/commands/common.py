@@ -148,18 +148,17 @@ def check_model_limits(model: str, kwargs: dict[str, Any], seqlens: dict[str, in
     model's positions. ``seqlens`` maps a flag name to its value (None: not given)."""
     if not any(seqlens.values()):
         return
-    from ..errors import ConfigError
+    from ..model_utils import max_positions
     from ..models import load_config
+    from ..options import resolve_seqlen
 
     config = load_config(model, **kwargs)
     if config is None:
         return
-    from ..evaluate import max_positions
-
     limit = max_positions(argparse.Namespace(config=config))
     for flag, value in seqlens.items():
-        if value is not None and limit is not None and value > limit:
-            raise ConfigError(f"{flag} {value} exceeds the model's maximum positions ({limit}); use {flag} <= {limit}")
+        if value is not None:
+            resolve_seqlen(value, limit, flag)
 
 
 def model_slug(model: str) -> str:
