@@ -312,6 +312,12 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"structured_damp must be > 0 (ridge of the refit), got {self.structured_damp}.")
 
     @property
+    def needs_calibration_text(self) -> bool:
+        """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
+        return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
+                or self.structure == "width")
+
+    @property
     def width_only(self) -> bool:
         """Width pruning with no unstructured/N:M stage after it (the one place this is decided)."""
         return self.structure == "width" and not self.sparsifies_after_width

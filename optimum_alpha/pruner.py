@@ -129,10 +129,8 @@ class AlphaPruner(OptimumQuantizer):
 
     def metadata(self) -> dict[str, Any]:
         """What ``alpha_pruning.json`` and the model card record about the run."""
-        from . import __version__
-
         esd = self.state.esd_report
-        return run_metadata(self.last_report, version=__version__, base_model=base_model_id(self.source),
+        return run_metadata(self.last_report, base_model=base_model_id(self.source),
                             perplexity=self.perplexity, esd_blocks=[b.metrics for b in esd.blocks] if esd else [])
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",

@@ -98,14 +98,13 @@ class PruningReport:
         return "\n".join(lines)
 
 
-def run_metadata(report: PruningReport | None, *, version: str, base_model: str | None,
+def run_metadata(report: PruningReport | None, *, base_model: str | None,
                  perplexity: dict[str, Any], esd_blocks: list[dict[str, float]]) -> dict[str, Any]:
     """What ``alpha_pruning.json`` and the model card record about a run (no run yet: an empty report)."""
     ran = report is not None
     report = report if report is not None else PruningReport(config={})
     return {
-        "library": "optimum-alpha",
-        "version": version,
+        "library": "optimum-alpha",  # the version is added by the writer (library_version), once
         "base_model": base_model,
         "config": report.config if ran else None,
         "metric": report.config.get("metric") if ran else None,

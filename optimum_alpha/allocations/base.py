@@ -91,7 +91,7 @@ def allocation_names() -> tuple[str, ...]:
 def get_allocation(name: str) -> type[Allocation]:
     import_plugins(PACKAGE, DECORATOR)
     if name not in _ALLOCATIONS:
-        raise ConfigError(f"Unknown allocation {name!r}; choose one of {', '.join(_ALLOCATIONS)}.")
+        raise ConfigError(f"Unknown allocation {name!r}; choose one of {', '.join(sorted(_ALLOCATIONS))}.")
     return _ALLOCATIONS[name]
 
 

@@ -35,7 +35,7 @@ _WEIGHT_FILES = ("model.safetensors", "model-0", "model.safetensors.index.json",
 
 def _tokenizer_for(config: AlphaPruningConfig, model: Any) -> Any:
     """The calibration tokenizer: the one in the config, one loaded from its name, or the model's own."""
-    needs_text = config.method != "magnitude" or config.allocation == "owl"
+    needs_text = config.needs_calibration_text
     if config.tokenizer is not None and not isinstance(config.tokenizer, (str, os.PathLike)):
         return config.tokenizer
     if not needs_text and config.tokenizer is None:

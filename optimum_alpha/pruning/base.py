@@ -69,5 +69,5 @@ def pruner_names() -> tuple[str, ...]:
 def get_pruner_class(name: str) -> type[LayerPruner]:
     import_plugins(PACKAGE, DECORATOR)
     if name not in PRUNERS:
-        raise ConfigError(f"Unknown method {name!r}; choose one of {', '.join(PRUNERS)}.")
+        raise ConfigError(f"Unknown method {name!r}; choose one of {', '.join(sorted(PRUNERS))}.")
     return PRUNERS[name]

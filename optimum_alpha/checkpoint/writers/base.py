@@ -64,7 +64,7 @@ def writer_names() -> tuple[str, ...]:
 def get_writer(name: str) -> CheckpointWriter:
     import_plugins(PACKAGE, DECORATOR)
     if name not in _WRITERS:
-        raise CheckpointError(f"unknown checkpoint format {name!r}; choose one of {', '.join(_WRITERS)}")
+        raise CheckpointError(f"unknown checkpoint format {name!r}; choose one of {', '.join(sorted(_WRITERS))}")
     return _WRITERS[name]()
 
 
