@@ -26,6 +26,7 @@ GRANULARITIES = ("block", "matrix")
 FIX_FINGERS = ("reference", "strict")
 SAMPLINGS = ("document", "joined")
 BLOCK_SCORES = ("mean", "weighted")
+ESD_SAMPLINGS = ("full", "farms")
 STRUCTURES = ("unstructured", "width")
 AUTO = "auto"
 DEFAULT_MAX_SEQLEN = 2048  # calibration windows never default to the model's full context
@@ -114,6 +115,15 @@ OPTIONS: tuple[Option, ...] = (
            choices=GRANULARITIES),
     Option("fix_finger", "reference", "choice", "xmin window of the Hill fit: reference (authors' code) or "
            "strict", "allocation", choices=FIX_FINGERS),
+    Option("esd_sampling", "full", "choice", "ESD of each whole matrix (full) or FARMS: eigenvalues of "
+           "fixed-aspect-ratio windows on a grid, pooled (removes the aspect-ratio bias of alpha)", "allocation",
+           choices=ESD_SAMPLINGS),
+    Option("farms_rows", 100, "count", "with esd-sampling farms: rows of every sampled window", "allocation",
+           metavar="N"),
+    Option("farms_q_ratio", 2.0, "float", "with esd-sampling farms: columns per row of every window",
+           "allocation", metavar="Q"),
+    Option("farms_ops_per_dim", 10, "count", "with esd-sampling farms: window starts per dimension",
+           "allocation", metavar="N"),
     Option("block_score", "mean", "choice", "a block's score from its matrices' metrics: mean (paper) or "
            "parameter-weighted", "allocation", choices=BLOCK_SCORES),
     Option("owl_threshold", 5.0, "float", "OWL's M: an activation is an outlier above M times its layer's mean",

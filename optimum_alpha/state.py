@@ -43,15 +43,18 @@ class ModelState:
                 config: Any = None) -> ESDReport:
         """Run the ESD analysis of the current weights over the prunable matrices ``config`` selects."""
         matrices = [m for block in self.block_weights(config) for m in block.matrices]
+        sampling = {"esd_sampling": config.esd_sampling, "farms": config.farms_options} if config else {}
         self.esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
-                                  matrices=matrices, block_score=block_score)
+                                  matrices=matrices, block_score=block_score, **sampling)
         return self.esd_report
 
     def spectra(self, config: Any, show_progress: bool = False) -> ESDReport:
-        """The ESD analysis matching ``config`` (fix-finger, block score, matrices), reused when it is current."""
+        """The ESD analysis matching ``config`` (fix-finger, block score, sampling, matrices), reused when it is
+        current."""
         report = self.esd_report
         names = [m.name for block in self.block_weights(config) for m in block.matrices]
-        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
+        if (report is None or not report.matches(config.fix_finger, config.block_score, config.esd_sampling,
+                                                 config.farms_options)
                 or [spectrum.name for spectrum in report.matrices] != names):
             report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
                                   block_score=config.block_score, config=config)
