@@ -51,6 +51,7 @@ class AlphaPruner(OptimumQuantizer):
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
         self.saved_path: Path | None = None
+        self.recovery_report: Any = None  # set by recover()
 
     @classmethod
     def from_pretrained(
@@ -359,6 +360,13 @@ class AlphaPruner(OptimumQuantizer):
             )
         )
 
+    def recover(self, config: Any = None, teacher: Any = None, show_progress: bool = True):
+        """After :meth:`prune`: distillation / fine-tuning that keeps every pruned zero (``RecoveryConfig``);
+        ``teacher`` defaults to the dense model loaded again from this pruner's source. See docs/recovery.md."""
+        from .recovery.after_prune import recover_pruned
+
+        return recover_pruned(self, config, teacher, show_progress)
+
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
@@ -400,6 +408,7 @@ class AlphaPruner(OptimumQuantizer):
             "structured": report.structured if report else [],
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
+            **({"recovery": self.recovery_report.to_dict()} if self.recovery_report is not None else {}),
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
