@@ -71,20 +71,24 @@ def run(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     teacher, tokenizer = load_model(args.teacher)
-    dense = perplexity(teacher, tokenizer, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
-                       show_progress=False)
-    print(f"dense perplexity: {dense:.3f}", flush=True)
+    dense = None
     out = Path(args.jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
     for item in args.pruned:
         label, folder = item.split("=", 1)
-        record = read_record(Path(folder))
-        before = (record.get("perplexity") or {}).get("pruned")
-        if not (record.get("perplexity") or {}).get("windows") == args.eval_windows or before is None:
+        measured = read_record(Path(folder)).get("perplexity") or {}
+        same_protocol = (measured.get("windows"), measured.get("seqlen")) == (args.eval_windows, args.eval_seqlen)
+        before = measured.get("pruned") if same_protocol else None  # the pruning run measured it: not again
+        if before is None:
             from optimum_alpha.checkpoint import load_pruned
 
             before = perplexity(load_pruned(folder), tokenizer, seqlen=args.eval_seqlen,
                                 max_windows=args.eval_windows, show_progress=False)
+        if dense is None:
+            dense = measured.get("dense") if same_protocol else None
+            dense = dense or perplexity(teacher, tokenizer, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+                                        show_progress=False)
+            print(f"dense perplexity: {dense:.3f}", flush=True)
         for variant in args.variants:
             points: list = []
             config = RecoveryConfig(steps=args.steps, seqlen=args.seqlen, evaluate=False, save_steps=10**6,
@@ -128,7 +132,7 @@ def table(path: str) -> str:
     return body + ("\n\nperplexity against training tokens:\n" + "\n".join(curves) if curves else "")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pruned", nargs="+", default=["wanda50=outputs/smollm2-135m-alpha-wanda-50"],
                         help="LABEL=FOLDER of pruned checkpoints")
@@ -146,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.table_only:
         run(args)
-    print(table(args.jsonl))
+    text = table(args.jsonl)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":

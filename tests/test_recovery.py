@@ -8,6 +8,8 @@ import copy
 import json
 import os
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +287,23 @@ def test_smollm2_recovers_a_few_steps_with_zeros_kept():
     assert_zeros_kept(before, model)  # the teacher was loaded again from "smollm2-135m"
     assert report.tokens == 256 and all(0 < loss < 10 for _, loss in report.loss_curve)
     assert pruner.metadata()["recovery"]["data"]["source"].startswith("c4 (shipped")
+
+
+def test_recovery_benchmark_runs_on_tiny_folders(tiny_tokenizer, tmp_path):
+    from optimum_alpha.checkpoint import save_pruned
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import recovery as bench
+
+    teacher, student, record = pruned(make_tiny_model("llama"), tiny_tokenizer, sparsity=0.5)
+    teacher.save_pretrained(tmp_path / "dense")
+    tiny_tokenizer.save_pretrained(tmp_path / "dense")
+    save_pruned(student, tmp_path / "pruned", tokenizer=tiny_tokenizer, metadata=record)
+    text = bench.main(["--teacher", str(tmp_path / "dense"), "--pruned", f"tiny={tmp_path / 'pruned'}",
+                       "--variants", "kd-full", "lm-lora", "--steps", "2", "--seqlen", "32", "--eval-seqlen", "32",
+                       "--eval-windows", "1", "--curve-every", "1", "--jsonl", str(tmp_path / "rows.jsonl"), "--quiet"])
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["kd-full", "lm-lora"] and all(r["tokens"] == 64 for r in rows)
+    assert rows[0]["sparsity_after"] == rows[0]["sparsity_before"] > 0.45
+    assert [s for s, _ in rows[0]["curve"]] == [0, 1, 2] and len(rows[1]["curve"]) == 2
+    assert "| tiny | kd-full | 64 |" in text and "perplexity against training tokens" in text
