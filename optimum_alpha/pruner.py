@@ -106,8 +106,9 @@ class AlphaPruner(OptimumQuantizer):
         """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights, over the
         prunable matrices (``config.ignore`` / ``prune_routers`` decide which)."""
         matrices = [m for block in self.block_weights(config) for m in block.matrices]
+        sampling = {"esd_sampling": config.esd_sampling, "farms": config.farms_options} if config else {}
         self._esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
-                                   matrices=matrices, block_score=block_score)
+                                   matrices=matrices, block_score=block_score, **sampling)
         return self._esd_report
 
     def block_weights(self, config: AlphaPruningConfig | None = None) -> list[BlockWeights]:
@@ -144,7 +145,8 @@ class AlphaPruner(OptimumQuantizer):
             return self._owl_targets(config, blocks, max_sparsity, show_progress)
         report = self._esd_report  # None until an allocation first needs it
         names = [matrix.name for matrix in matrices]
-        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
+        if (report is None or not report.matches(config.fix_finger, config.block_score, config.esd_sampling,
+                                                 config.farms_options)
                 or [spectrum.name for spectrum in report.matrices] != names):
             report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
                                   block_score=config.block_score, config=config)
