@@ -35,6 +35,7 @@ class AlphaPruner(OptimumQuantizer):
         self.state = ModelState(model, tokenizer, source, show_progress=show_progress)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
         self.saved_path: Path | None = None
+        self.recovery_report: Any = None  # set by recover()
 
     @classmethod
     def from_pretrained(cls, model_or_path: Any, file_name: str | None = None, tokenizer: Any = None,
@@ -64,7 +65,14 @@ class AlphaPruner(OptimumQuantizer):
         return pruner
 
     # The state every stage reads, exposed under the names users and earlier releases know.
-    model = property(lambda self: self.state.model)
+    @property
+    def model(self) -> nn.Module:
+        return self.state.model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:  # recovery may hand back the model it trained
+        self.state.model = model
+
     tokenizer = property(lambda self: self.state.tokenizer)
     source = property(lambda self: self.state.source)
     blocks = property(lambda self: self.state.blocks)
@@ -115,10 +123,17 @@ class AlphaPruner(OptimumQuantizer):
         """
         return prune_model(self.state, config or AlphaPruningConfig(), show_progress)
 
+    def recover(self, config: Any = None, teacher: Any = None, show_progress: bool = True):
+        """After :meth:`prune`: distillation / fine-tuning that keeps every pruned zero (``RecoveryConfig``);
+        ``teacher`` defaults to the dense model loaded again from this pruner's source. See docs/recovery.md."""
+        from .recovery.after_prune import recover_pruned
+
+        return recover_pruned(self, config, teacher, show_progress)
+
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
-        from .checkpoint.save import check_save_request
+        from .checkpoint import check_save_request
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
         config = AlphaPruningConfig(**kwargs)
@@ -130,8 +145,11 @@ class AlphaPruner(OptimumQuantizer):
     def metadata(self) -> dict[str, Any]:
         """What ``alpha_pruning.json`` and the model card record about the run."""
         esd = self.state.esd_report
-        return run_metadata(self.last_report, base_model=base_model_id(self.source),
-                            perplexity=self.perplexity, esd_blocks=[b.metrics for b in esd.blocks] if esd else [])
+        data = run_metadata(self.last_report, base_model=base_model_id(self.source), perplexity=self.perplexity,
+                            esd_blocks=[b.metrics for b in esd.blocks] if esd else [])
+        if self.recovery_report is not None:
+            data["recovery"] = self.recovery_report.to_dict()
+        return data
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
                         overwrite: bool | str = False) -> Path:

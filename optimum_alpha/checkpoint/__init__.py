@@ -16,6 +16,7 @@ _EXPORTS = {
     "load_pruned": ".load",
     "push_folder_to_hub": ".hub",
     "save_pruned": ".save",
+    "check_save_request": ".save",
 }
 
 

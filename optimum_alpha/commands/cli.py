@@ -15,13 +15,12 @@ import sys
 from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
-from . import analyze, evaluate, prune, push
 from ..options import pruner_names
-from .common import add_verbosity_arguments
+from . import analyze, evaluate, prune, push, recover
+from .common import USAGE_ERROR, add_verbosity_arguments, fail
 
-USAGE_ERROR = 2
 INTERRUPTED = INTERRUPTED_EXIT_CODE
-SUBCOMMANDS = (analyze, prune, evaluate, push)
+SUBCOMMANDS = (analyze, prune, evaluate, push, recover)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -41,13 +40,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see '{self.prog} --help')")
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
-    """Print ``error: message`` as one line on stderr and exit; the CLI's only way to report a mistake."""
-    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
 
 
 def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -12,7 +12,17 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
+
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit; the CLI's only way to report a mistake."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
 
 MODEL_HELP = (
     "model to load: a Hugging Face Hub id (e.g. HuggingFaceTB/SmolLM2-135M), a local folder saved with "
