@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..options import METRIC_ALIASES, METRICS, default
 from .common import (
     Stages,
     add_model_arguments,
@@ -26,10 +27,7 @@ DESCRIPTION = (
     "On a folder pruned by optimum-alpha, also shows the metrics it recorded before pruning beside today's.\n\n"
     "example:\n  optimum-cli alpha-prune analyze smollm2-135m --sparsity 0.7 --output outputs/smollm2-esd"
 )
-# Mirrors optimum_alpha.esd.METRICS / METRIC_ALIASES (checked by the tests) so that building the parser needs no torch.
-METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
-METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
-DEFAULT_EPSILON = 0.3
+DEFAULT_EPSILON = default("epsilon")
 
 
 def metric_list(text: str) -> list[str]:
@@ -125,7 +123,7 @@ def metrics_before_pruning(model: str, blocks: int) -> list[dict[str, float]] | 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..allocation import allocate, check_epsilon, check_sparsity
+    from ..allocation import alpha_allocation, check_epsilon, check_sparsity
 
     metrics = list(dict.fromkeys(name for group in (args.metric or [list(METRICS)]) for name in group))
     primary = metrics[0]
@@ -150,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     sparsities = None
     if args.sparsity is not None:
         scores, counts = report.scores(primary)
-        sparsities = allocate(scores, counts, args.sparsity, method="alpha", epsilon=args.epsilon)
+        sparsities = alpha_allocation(scores, counts, args.sparsity, epsilon=args.epsilon)
 
     before = metrics_before_pruning(args.model, len(report.blocks))
     before = before if before and all(primary in b for b in before) else None
