@@ -25,7 +25,7 @@ from optimum_alpha.matrices import find_routers, model_weights
 from optimum_alpha.model_utils import find_blocks
 from optimum_alpha.recovery import RecoveryConfig, RecoveryInterrupted, recover, recover_model
 from optimum_alpha.recovery.data import recovery_windows
-from optimum_alpha.recovery.losses import kd_loss
+from optimum_alpha.recovery.losses import hidden_mse, kd_loss
 from optimum_alpha.recovery.masks import SparsityMasks
 from optimum_alpha.recovery.trainer import RecoveryTrainer, build_trainer
 
@@ -180,6 +180,22 @@ def test_kd_of_a_model_with_itself_is_zero(tiny_tokenizer, temperature):
     assert kd_loss(logits, logits.clone(), temperature).item() == 0.0
 
 
+def test_mix_and_hidden_state_terms(tiny_tokenizer):
+    model, other = make_tiny_model("llama"), make_tiny_model("llama", seed=1)
+    ids = torch.randint(0, 320, (2, 16))
+
+    def loss(**options):
+        config = RecoveryConfig(steps=1, **FAST, **options)
+        trainer, _, _ = build_trainer(other, model, [], config, "unused", SparsityMasks(), False)
+        return trainer.compute_loss(other, {"input_ids": ids}).item()
+
+    kd, lm = loss(objective="kd"), loss(objective="lm")
+    assert loss(objective="mix", kd_weight=0.25) == pytest.approx(0.25 * kd + 0.75 * lm, rel=1e-5)
+    assert loss(objective="kd", hidden_mse_weight=2.0) > kd
+    outputs = model(ids, output_hidden_states=True).hidden_states
+    assert hidden_mse(outputs, [h.clone() for h in outputs]).item() == 0.0
+
+
 def test_recovery_data_leaves_out_the_calibration_documents(tiny_tokenizer):
     sample = sample_calibration(tiny_tokenizer, "c4", 8, 64, seed=3)
     calibration = {"seqlen": 64, "seed": 3, **sample.describe()}
@@ -232,6 +248,10 @@ def test_bad_inputs_fail_in_one_line_before_training(tiny_tokenizer, monkeypatch
         recover_model(student, tiny_tokenizer, RecoveryConfig(dataset=str(tmp_path / "missing.jsonl"), **FAST),
                       teacher=teacher, record=record)
     cases.append((err, "missing.jsonl"))
+    with pytest.raises(CalibrationDataError) as err:  # offline: a Hub id that cannot load
+        recover_model(student, tiny_tokenizer, RecoveryConfig(dataset="nobody/no-such-dataset", **FAST),
+                      teacher=teacher, record=record)
+    cases.append((err, "nobody/no-such-dataset"))
     for err, words in cases:
         assert words in str(err.value) and "\n" not in str(err.value)
 
