@@ -327,3 +327,20 @@ def test_recovery_benchmark_runs_on_tiny_folders(tiny_tokenizer, tmp_path):
     assert rows[0]["sparsity_after"] == rows[0]["sparsity_before"] > 0.45
     assert [s for s, _ in rows[0]["curve"]] == [0, 1, 2] and len(rows[1]["curve"]) == 2
     assert "| tiny | kd-full | 64 |" in text and "perplexity against training tokens" in text
+
+
+def test_width_folder_with_per_block_widths_round_trips(tiny_tokenizer, tmp_path):
+    model = make_tiny_model("llama", layers=3)
+    teacher = copy.deepcopy(model)
+    pruner = AlphaPruner(model, tiny_tokenizer)
+    pruner.prune(AlphaPruningConfig(structure="width", sparsity=0.3, allocation="alpha", nsamples=4, seqlen=32),
+                 show_progress=False)
+    pruner.save_pretrained(tmp_path / "width", format="dense")
+    widths = json.loads((tmp_path / "width" / "config.json").read_text()).get("alpha_block_widths")
+    assert widths and len({json.dumps(w) for w in widths}) > 1  # blocks of different widths
+    shapes = {n: p.shape for n, p in load_pruned(tmp_path / "width").named_parameters()}
+    recover(tmp_path / "width", teacher=teacher, config=RecoveryConfig(steps=1, **FAST), output=tmp_path / "out",
+            show_progress=False)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config.get("alpha_block_widths") == widths
+    assert {n: p.shape for n, p in load_pruned(tmp_path / "out").named_parameters()} == shapes
