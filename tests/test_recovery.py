@@ -258,8 +258,6 @@ def test_bad_inputs_fail_in_one_line_before_training(tiny_tokenizer, monkeypatch
 
 def test_folder_round_trip_records_the_recovery(tiny_tokenizer, tmp_path):
     teacher, student, record = pruned(make_tiny_model("llama"), tiny_tokenizer, nm="2:4")
-    pruner = AlphaPruner(student, tiny_tokenizer)
-    pruner.last_report = None
     from optimum_alpha.checkpoint import save_pruned
 
     save_pruned(student, tmp_path / "pruned", tokenizer=tiny_tokenizer, metadata=record)
@@ -344,3 +342,27 @@ def test_width_folder_with_per_block_widths_round_trips(tiny_tokenizer, tmp_path
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config.get("alpha_block_widths") == widths
     assert {n: p.shape for n, p in load_pruned(tmp_path / "out").named_parameters()} == shapes
+
+
+def test_recovery_options_are_the_config_fields_and_the_recover_flags():
+    import argparse
+    from dataclasses import fields
+
+    from optimum_alpha import options
+    from optimum_alpha.commands import recover as recover_cmd
+    from optimum_alpha.commands.cli import build_parser
+
+    assert {f.name for f in fields(RecoveryConfig)} == set(options.RECOVERY_BY_NAME)
+    defaults = RecoveryConfig()
+    assert all(getattr(defaults, o.name) == o.default for o in options.RECOVERY_OPTIONS)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["recover"]
+    flags = {a.dest: a.option_strings for a in sub._actions}
+    assert all(o.cli_flag in flags[o.name] for o in options.RECOVERY_OPTIONS)
+    args = parser.parse_args(["recover", "f", "--output", "o", "--lr", "0.001", "--grad-accum", "4", "--no-eval",
+                              "--method", "lora", "--lora-targets", "q_proj,v_proj", "--resume"])
+    config = recover_cmd.config_from_args(args)
+    assert (config.learning_rate, config.gradient_accumulation, config.evaluate, config.lora_targets,
+            config.resume, config.steps) == (0.001, 4, False, ["q_proj", "v_proj"], True, 200)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "recovery.md").read_text()
+    assert options.markdown_table(options.RECOVERY_OPTIONS) in docs, "python -m optimum_alpha.options recovery"
