@@ -202,10 +202,17 @@ def pruning_modifier(kind: str, sparsity: float):
     return cls(sparsity=sparsity, mask_structure="0:0", targets=["Linear"], ignore=["re:.*lm_head"])
 
 
-def gptq_modifier(scheme: str):
+def gptq_modifier(scheme: str, group_size: int | None):
+    """GPTQ with the named preset scheme (W4A16: int4 symmetric, groups of 128), its group size replaced when
+    ``group_size`` is given (SmolLM2's 576-wide inputs do not divide by 128, which the preset refuses)."""
+    from compressed_tensors.quantization import preset_name_to_scheme
     from llmcompressor.modifiers.quantization import GPTQModifier
 
-    return GPTQModifier(targets=["Linear"], scheme=scheme, ignore=["lm_head"])
+    if group_size is None:
+        return GPTQModifier(targets=["Linear"], scheme=scheme, ignore=["lm_head"])
+    weights = preset_name_to_scheme(scheme, ["Linear"]).weights.model_copy(update={"group_size": group_size})
+    return GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights.model_dump()}},
+                        ignore=["lm_head"])
 
 
 def run_stage(model: torch.nn.Module, tokenizer: Any, modifier: Any, ids: torch.Tensor) -> Timing:
@@ -237,7 +244,8 @@ class PeerRow:
     notes: list[str] = field(default_factory=list)
 
 
-def run_pipeline(folder: Path, kind: str, quantise: bool, sparsity: float, scheme: str, ids: torch.Tensor,
+def run_pipeline(folder: Path, kind: str, quantise: bool, sparsity: float, scheme: str, group_size: int | None,
+                 ids: torch.Tensor,
                  windows: torch.Tensor, cached: dict[str, Any]) -> PeerRow:
     """Prune (or reuse the cached pruning stage of the same kind), then GPTQ if asked; evaluate each stage."""
     name = f"{kind}+gptq" if quantise else kind
@@ -261,7 +269,7 @@ def run_pipeline(folder: Path, kind: str, quantise: bool, sparsity: float, schem
                        ["float weights: the pruning stage alone"])
     model, tokenizer = load_folder(folder)
     model.load_state_dict(stage["state"])
-    quant_timing = run_stage(model, tokenizer, gptq_modifier(scheme), ids)
+    quant_timing = run_stage(model, tokenizer, gptq_modifier(scheme, group_size), ids)
     weights = block_linear_weights(model)
     survival = zero_survival(stage["masks"], weights)
     start = time.perf_counter()
@@ -308,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--scheme", default="W4A16")
+    parser.add_argument("--group-size", type=int, default=64,
+                        help="replaces the preset's group size (0: keep it; W4A16's 128 is refused for SmolLM2)")
     parser.add_argument("--workdir", default="peer_work", help="where the dense model folder is converted once")
     parser.add_argument("--model-folder", help="a model folder to use instead of the shipped SmolLM2 GGUF")
     args = parser.parse_args(argv)
@@ -333,9 +343,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in args.pipelines:
         kind, _, quant = name.partition("+")
-        rows.append(run_pipeline(folder, kind, bool(quant), args.sparsity, args.scheme, ids, windows, cached))
+        rows.append(run_pipeline(folder, kind, bool(quant), args.sparsity, args.scheme,
+                                   args.group_size or None, ids, windows, cached))
         result = {
-            "date": started, "protocol": protocol, "versions": versions(),
+            "date": started, "protocol": protocol, "versions": versions(), "scheme": args.scheme,
+            "group_size": args.group_size or "preset", "sparsity": args.sparsity,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                        f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
             "load_average_end": load_average(),
