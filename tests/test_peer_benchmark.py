@@ -111,3 +111,21 @@ def test_peer_script_imports_without_optimum_alpha():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "sparsegpt+gptq" in done.stdout
+
+
+def test_the_pruner_calibrates_on_exactly_the_shared_ids(bos_tokenizer, small_wikitext):
+    """What the embeddings see while AlphaPruner calibrates is the ids file's calibration, window by window."""
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+
+    model = make_tiny_model("llama", layers=2)
+    saved = peer_ids.shared_ids(model, bos_tokenizer, nsamples=3, seqlen=24, seed=1, eval_seqlen=32,
+                                max_windows=2, dataset=str(small_wikitext))
+    seen: list[torch.Tensor] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    try:
+        pruner = AlphaPruner.from_pretrained(model, tokenizer=bos_tokenizer, show_progress=False)
+        pruner.prune(AlphaPruningConfig(sparsity=0.5, method="wanda", nsamples=3, seqlen=24, seed=1),
+                     show_progress=False)
+    finally:
+        handle.remove()
+    assert torch.equal(torch.cat(seen).reshape(-1, 24), saved["calibration"])
