@@ -22,6 +22,7 @@ commands:
   prune     prune a model and save it, with perplexity before/after (--eval)
   eval      measure perplexity of a dense or pruned model
   push      upload a saved folder to the Hub (retries a failed --push-to-hub)
+  export    write a saved model as one GGUF file for llama.cpp (--type q8_0, auto:5.0...)
 
 Run 'optimum-cli alpha-prune <command> --help' for the flags of a command, e.g.
   optimum-cli alpha-prune prune smollm2-135m --sparsity 0.5 --method wanda --allocation alpha --eval
@@ -29,7 +30,7 @@ Run 'optimum-cli alpha-prune <command> --help' for the flags of a command, e.g.
 
 
 class AlphaPruneCommand(BaseOptimumCLICommand):
-    """``optimum-cli alpha-prune {analyze,prune,eval,push}``: the commands of the ``optimum-alpha`` script."""
+    """``optimum-cli alpha-prune {analyze,prune,eval,push,export}``: the commands of the ``optimum-alpha`` script."""
 
     COMMAND = CommandInfo(
         name="alpha-prune",
@@ -38,7 +39,7 @@ class AlphaPruneCommand(BaseOptimumCLICommand):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.usage = f"{PROG} {{analyze,prune,eval,push}} ARGS [options]"
+        parser.usage = f"{PROG} {{analyze,prune,eval,push,export}} ARGS [options]"
         parser.description = OVERVIEW
         parser.formatter_class = RawDescriptionHelpFormatter
         parser.add_argument("argv", nargs=REMAINDER, help=SUPPRESS)
