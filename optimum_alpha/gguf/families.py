@@ -17,7 +17,8 @@ widths per block is refused. Uniform widths stay scalars under the family's own 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
@@ -136,6 +137,18 @@ def export_shape(model: nn.Module) -> ExportShape:
                 "most %s tokens.", model_type, name, window, MODEL_ARCH_NAMES[arch], window,
             )
     return ExportShape(family, arch, head_dims.pop(), widths)
+
+
+def pad_ffn(shape: ExportShape, block: int) -> ExportShape:
+    """The shape with every FFN length rounded up to whole quantisation blocks of ``block`` weights.
+
+    ``ffn_down``'s rows are FFN-length long, and a width-pruned model keeps any number of channels; the
+    added channels have zero gate, up and down weights, so they add exactly 0 to the block output.
+    """
+    widths = tuple(replace(w, intermediate_size=math.ceil(w.intermediate_size / block) * block)
+                   for w in shape.widths)
+    arch = shape.family.arch if len(set(widths)) == 1 else shape.arch
+    return replace(shape, widths=widths, arch=arch)
 
 
 def permute_rows(weights: np.ndarray, heads: int) -> np.ndarray:

@@ -40,13 +40,26 @@ class TensorPlan:
     name: str  # llama.cpp name
     role: str  # "block", "embedding", "output" or "vector"
     kind: TensorType
-    shape: tuple[int, ...]  # numpy order: (rows, row length)
+    shape: tuple[int, ...]  # the model's, numpy order: (rows, row length)
     heads: int | None = None  # q/k: rows reordered per head for llama.cpp's RoPE
     requested: TensorType | None = None  # the type before a fallback
+    file_shape: tuple[int, ...] | None = None  # larger than shape when FFN channels are padded with zeros
+
+    def __post_init__(self) -> None:
+        if self.file_shape is None:
+            self.file_shape = self.shape
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape))
+        return int(np.prod(self.file_shape))
+
+    def padded(self, data: np.ndarray) -> np.ndarray:
+        """``data`` (the model's tensor) with the zero rows/columns of padded FFN channels."""
+        if self.file_shape == self.shape:
+            return data
+        out = np.zeros(self.file_shape, dtype=data.dtype)
+        out[tuple(slice(0, n) for n in self.shape)] = data
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -73,6 +86,19 @@ def _heads(name: str, shape: ExportShape) -> int | None:
     if ".attn_k." in name:
         return width.num_key_value_heads
     return None
+
+
+def _file_shape(name: str, tensor: torch.Tensor, shape: ExportShape) -> tuple[int, ...]:
+    """The tensor's shape in the file: FFN tensors follow the (possibly padded) FFN length of their block."""
+    size = tuple(tensor.shape)
+    if not name.startswith("blk."):
+        return size
+    ffn = shape.widths[int(name.split(".")[1])].intermediate_size
+    if ".ffn_gate." in name or ".ffn_up." in name:
+        return (ffn, *size[1:])
+    if ".ffn_down.weight" in name:
+        return (size[0], ffn)
+    return size
 
 
 def _role(name: str, tensor: torch.Tensor) -> str:
@@ -179,7 +205,7 @@ def plan_tensors(model: nn.Module, shape: ExportShape, request: TypeRequest, *, 
         block_types = {source: request.uniform for (source, _, _), role in zip(tensors, roles) if role == "block"}
         wide = request.uniform.name if request.uniform.name in WIDE_TYPES else "q8_0"
     else:
-        block_types = _auto_types(model, tensors, roles, request.budget, show_progress)
+        block_types = _auto_types(model, tensors, roles, request.budget, show_progress, shape)
         wide = "q8_0"
     plans = []
     for (source, name, tensor), role in zip(tensors, roles):
@@ -189,29 +215,32 @@ def plan_tensors(model: nn.Module, shape: ExportShape, request: TypeRequest, *, 
             wanted = block_types[source]
         else:
             wanted = TYPES[wide]
-        kind = wanted if wanted.fits(tensor.shape[-1]) else TYPES["f16"]
+        file_shape = _file_shape(name, tensor, shape)
+        kind = wanted if wanted.fits(file_shape[-1]) else TYPES["f16"]
         plans.append(TensorPlan(source, name, role, kind, tuple(tensor.shape),
-                                _heads(name, shape) if shape.permutes_qk else None, wanted))
+                                _heads(name, shape) if shape.permutes_qk else None, wanted, file_shape))
     for plan in plans:
         if plan.fell_back:
             logger.warning("%s: rows of %d weights do not split into %s blocks of %d; written as F16.",
-                           plan.name, plan.shape[-1], plan.requested.name, plan.requested.block_size)
+                           plan.name, plan.file_shape[-1], plan.requested.name, plan.requested.block_size)
     return plans
 
 
-def _auto_types(model: nn.Module, tensors, roles, budget: float, show_progress: bool) -> dict[str, TensorType]:
+def _auto_types(model: nn.Module, tensors, roles, budget: float, show_progress: bool,
+                shape: ExportShape) -> dict[str, TensorType]:
     """``auto:B``: the spectra's choice for every block matrix whose rows fit the narrowest type's blocks."""
     alphas = _spectra_alphas(model, show_progress)
     narrow = TYPES[AUTO_CHOICES[0]]
     chosen: dict[str, TensorType] = {}
     units = []
-    for (source, _, tensor), role in zip(tensors, roles):
+    for (source, name, tensor), role in zip(tensors, roles):
         if role != "block":
             continue
         if source not in alphas:
             raise ModelStructureError(f"auto types need the spectrum of {source}, which the ESD analysis skipped.")
-        if narrow.fits(tensor.shape[-1]):
-            units.append((source, alphas[source], tensor.numel()))
+        file_shape = _file_shape(name, tensor, shape)
+        if narrow.fits(file_shape[-1]):
+            units.append((source, alphas[source], int(np.prod(file_shape))))
         else:
             chosen[source] = TYPES["f16"]
     if units:

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts, sigterm_as_interrupt
-from .families import ExportShape, export_shape, permute_rows, rope_theta
+from .families import ExportShape, export_shape, pad_ffn, permute_rows, rope_theta
 from .plan import TensorPlan, block_bits, plan_tensors, type_counts
-from .types import TypeRequest, dequantize, parse_type, quantize
+from .types import TYPES, TypeRequest, dequantize, parse_type, quantize
 from .vocab import VocabMetadata, vocab_metadata
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,6 @@ def _add_metadata(writer: GGUFWriter, model: nn.Module, shape: ExportShape, plan
     writer.add_vocab_size(int(model.get_input_embeddings().weight.shape[0]))
     counts = type_counts(plans)
     dominant = max(counts, key=counts.get) if counts else "f32"
-    from .types import TYPES
-
     writer.add_file_type(int(TYPES[dominant].file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
     writer.add_string("optimum_alpha.gguf_type", request.text)
@@ -103,23 +101,39 @@ def _add_metadata(writer: GGUFWriter, model: nn.Module, shape: ExportShape, plan
 
 def file_array(plan: TensorPlan, tensor: torch.Tensor) -> np.ndarray:
     """The bytes (or floats) of one tensor in the file: llama.cpp's row order, then the planned type."""
-    data = tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
+    data = plan.padded(tensor.detach().to(device="cpu", dtype=torch.float32).numpy())
     if plan.heads is not None:
         data = permute_rows(data, plan.heads)
     return quantize(data, plan.kind)
 
 
-def dequantized_state_dict(model: nn.Module, gguf_type: str = "q8_0") -> dict[str, torch.Tensor]:
+def file_shape(model: nn.Module, request: TypeRequest) -> ExportShape:
+    """The model's shape as the file states it: FFN lengths padded to whole blocks under quantised types."""
+    shape = export_shape(model)
+    if request.uniform is not None and not request.uniform.quantized:
+        return shape
+    return pad_ffn(shape, TYPES["q8_0"].block_size)
+
+
+def dequantized_state_dict(model: nn.Module, gguf_type: str = "q8_0", padded: bool = False
+                           ) -> dict[str, torch.Tensor]:
     """What a reader of the file gets back, in the model's own names and row order (float32).
 
     Quantisation works on blocks inside rows, so it commutes with the q/k row order and these are exactly
-    the weights of the file; the verification compares readers against them bit for bit.
+    the weights of the file; the verification compares readers against them bit for bit. FFN tensors have
+    the model's shape, or with ``padded`` the file's (zero channels appended).
     """
-    shape = export_shape(model)
-    plans = plan_tensors(model, shape, parse_type(gguf_type), force=True, show_progress=False)
+    request = parse_type(gguf_type)
+    plans = plan_tensors(model, file_shape(model, request), request, force=True, show_progress=False)
     state = model.state_dict()
-    return {p.source: torch.from_numpy(dequantize(quantize(
-        state[p.source].detach().float().cpu().numpy(), p.kind), p.kind)).reshape(p.shape) for p in plans}
+    weights = {}
+    for plan in plans:
+        data = plan.padded(state[plan.source].detach().float().cpu().numpy())
+        restored = dequantize(quantize(data, plan.kind), plan.kind).reshape(plan.file_shape)
+        if not padded:
+            restored = restored[tuple(slice(0, n) for n in plan.shape)]
+        weights[plan.source] = torch.from_numpy(np.ascontiguousarray(restored))
+    return weights
 
 
 def write_gguf(
@@ -139,13 +153,14 @@ def write_gguf(
     """
     request = parse_type(gguf_type)
     target = check_target(path, overwrite)
-    shape = export_shape(model)
+    shape = file_shape(model, request)
     vocab = vocab_metadata(tokenizer, int(model.get_input_embeddings().weight.shape[0]), model.config)
     plans = plan_tensors(model, shape, request, force=force, show_progress=show_progress)
     writer = GGUFWriter(path=None, arch=shape.arch_name)
     _add_metadata(writer, model, shape, plans, vocab, request)
     for plan in plans:
-        writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), plan.nbytes, raw_dtype=plan.kind.ggml)
+        writer.add_tensor_info(plan.name, plan.file_shape, np.dtype(np.float32), plan.nbytes,
+                               raw_dtype=plan.kind.ggml)
     state = model.state_dict()
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     with sigterm_as_interrupt():
