@@ -297,3 +297,19 @@ def test_smollm2_q8_0_reads_back_bit_for_bit(tmp_path):
     model.load_state_dict(expected, strict=False)
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=1e-4)
     assert np.isclose((tmp_path / "s.gguf").stat().st_size / 2**20, 145, rtol=0.1)
+
+
+def test_benchmark_script_prints_one_row_per_variant(tokenizer):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import gguf as bench
+
+    variants = ["dense Q8_0", "dense auto:5.0", "width 30 % alpha+refit Q8_0"]
+    text = bench.main(["--variants", *variants, "--nsamples", "2", "--seqlen", "32", "--eval-seqlen", "32",
+                       "--max-windows", "2", "--skip-llama-cpp"], model_factory=lambda: (family("llama"), tokenizer))
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [cells[0].strip() for cells in rows] == variants
+    assert [cells[2].strip() for cells in rows] == ["llama", "llama", "deci"]
+    assert all(float(cells[6]) > 1 for cells in rows)  # the transformers perplexity of each file's weights
