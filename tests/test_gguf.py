@@ -276,6 +276,10 @@ def test_cli_exports_a_saved_sparse_folder_and_a_plain_hf_folder(tokenizer, tmp_
         assert "wrote" in capsys.readouterr().out
         read_back(output)
     check_round_trip(model, tmp_path / "ours.gguf", "q8_0")
+    width = width_pruned(tokenizer, "alpha")  # an alpha_width folder: blocks of different widths
+    save_pruned(width.model, tmp_path / "width", tokenizer=tokenizer, format="dense")
+    assert main(["export", str(tmp_path / "width"), "--output", str(tmp_path / "width.gguf"), "-q"]) == 0
+    assert "arch deci, per-layer widths" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["export", str(tmp_path / "ours"), "--type", "q3_k", "--output", str(tmp_path / "x.gguf")])
     assert "unknown gguf type" in capsys.readouterr().err
