@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
+import json
 import os
 import shlex
 import statistics
@@ -60,7 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-llama-cpp", action="store_true", help="no llama.cpp columns (sizes, hf ppl)")
-    parser.add_argument("--output-dir", type=Path, default=None, help="keep the .gguf files here")
+    parser.add_argument("--output-dir", type=Path, default=None, help="keep the .gguf files (and rows.json) here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the files and their sizes/hf ppl from --output-dir (an earlier --skip-llama-cpp "
+                             "run) and run only the llama.cpp part")
     return parser.parse_args(argv)
 
 
@@ -133,6 +138,8 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
 
     args = parse_args(argv)
     start = time.perf_counter()
+    if args.reuse:
+        return run_llama_cpp(args, argv, start)
     if model_factory is None:
         base = AlphaPruner.from_pretrained(args.model, show_progress=False)
     else:
@@ -159,15 +166,32 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
         rows.append(Row(name, gguf_type, summary.arch, summary.file_bytes / 2**20, summary.block_bits,
                         hf_perplexity(model, gguf_type, windows), speeds={}))
         print(f"{name}: {summary.describe()}; hf ppl {rows[-1].ppl_hf:.3f}", flush=True)
-    loads: list[float] = []
-    if not args.skip_llama_cpp:
-        from optimum_alpha.gguf import llama_cpp
+    state = {"rows": [dataclasses.asdict(r) for r in rows], "paths": {k: str(v) for k, v in paths.items()},
+             "windows": windows.tolist(), "tokens": stream[: args.prompt + args.generate].tolist(), "notes": notes}
+    (folder / "rows.json").write_text(json.dumps(state))
+    if args.skip_llama_cpp:
+        text = report(rows, args, argv, [], notes, time.perf_counter() - start)
+        print(text, flush=True)
+        return text
+    return run_llama_cpp(args, argv, start, folder)
 
-        for row in rows:
-            row.ppl_cpp = llama_cpp.perplexity(paths[row.name], windows.tolist(), threads=max(args.threads))
-            print(f"{row.name}: llama.cpp ppl {row.ppl_cpp:.3f}", flush=True)
-        loads = time_files(rows, paths, stream[: args.prompt + args.generate].tolist(), args)
-    text = report(rows, args, argv, loads, notes, time.perf_counter() - start)
+
+def run_llama_cpp(args: argparse.Namespace, argv: Sequence[str] | None, start: float,
+                  folder: Path | None = None) -> str:
+    """The llama.cpp columns for the files (and rows) an export run left in ``folder``."""
+    from optimum_alpha.gguf import llama_cpp
+
+    folder = folder or args.output_dir
+    if folder is None or not (folder / "rows.json").is_file():
+        raise SystemExit("--reuse needs --output-dir of an earlier run (its rows.json)")
+    state = json.loads((folder / "rows.json").read_text())
+    rows = [Row(**{**r, "speeds": {}}) for r in state["rows"] if r["name"] in args.variants]
+    paths = {k: Path(v) for k, v in state["paths"].items()}
+    for row in rows:
+        row.ppl_cpp = llama_cpp.perplexity(paths[row.name], state["windows"], threads=max(args.threads))
+        print(f"{row.name}: llama.cpp ppl {row.ppl_cpp:.3f} (hf {row.ppl_hf:.3f})", flush=True)
+    loads = time_files(rows, paths, state["tokens"], args)
+    text = report(rows, args, argv, loads, state["notes"], time.perf_counter() - start)
     print(text, flush=True)
     return text
 
