@@ -317,3 +317,26 @@ def test_benchmark_script_prints_one_row_per_variant(tokenizer):
     assert [cells[0].strip() for cells in rows] == variants
     assert [cells[2].strip() for cells in rows] == ["llama", "llama", "deci"]
     assert all(float(cells[6]) > 1 for cells in rows)  # the transformers perplexity of each file's weights
+
+
+def test_save_pretrained_gguf_goes_through_the_writer_registry(tokenizer, tmp_path):
+    from optimum_alpha import AlphaPruner
+    from optimum_alpha.checkpoint.writers import writer_names
+    from optimum_alpha.options import format_names
+
+    assert "gguf" in writer_names() and "gguf" in format_names()
+    model = prune_half(family("llama"))
+    pruner = AlphaPruner.from_pretrained(model, tokenizer=tokenizer, show_progress=False)
+    folder = pruner.save_pretrained(tmp_path / "out", format="gguf", gguf_type="q5_0")
+    check_round_trip(model, folder / "model.gguf", "q5_0")
+    metadata = __import__("json").loads((folder / "alpha_pruning.json").read_text())
+    assert metadata["gguf"]["type"] == "q5_0" and metadata["gguf"]["block_types"] == {"q5_0": sum(
+        p.numel() for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2)}
+    assert "gguf_file=\"model.gguf\"" in (folder / "README.md").read_text()
+    with pytest.raises(ConfigError, match="unknown gguf type"):
+        pruner.save_pretrained(tmp_path / "bad", format="gguf", gguf_type="q2_k")
+    from optimum_alpha.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="takes no options"):
+        pruner.save_pretrained(tmp_path / "bad", format="dense", gguf_type="q8_0")
+    assert not (tmp_path / "bad").exists()

@@ -1,7 +1,5 @@
 """GGUF export for llama.cpp: pruned, quantised (types from the spectra) and width-pruned models."""
 
-# checkpoint/ before structured/: importing structured/ first closes an import cycle of the two (issue 19).
-from .. import checkpoint as _checkpoint  # noqa: F401
 from .types import TYPES, USER_TYPES, parse_type
 from .writer import GGUFSummary, dequantized_state_dict, write_gguf
 

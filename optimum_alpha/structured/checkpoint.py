@@ -18,14 +18,12 @@ from typing import Any
 from torch import nn
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..checkpoint.quantizer import LoadOnlyQuantizer
+from ..checkpoint.formats import WIDTH_QUANT_METHOD, WIDTHS_ATTRIBUTE
+from ..checkpoint.hf_registration import LoadOnlyQuantizer, register_method
 from ..errors import CheckpointError
 from ..model_utils import find_blocks
 from .apply import resize_blocks
 from .layout import BlockWidth
-
-WIDTH_QUANT_METHOD = "alpha_width"
-WIDTHS_ATTRIBUTE = "alpha_block_widths"
 
 
 def record_widths(model: nn.Module, widths: Sequence[BlockWidth], head_dim: int) -> None:
@@ -70,6 +68,8 @@ def add_width_quantization_config(folder: Path, version: str) -> bool:
     """Name the ``alpha_width`` loader in ``config.json`` when blocks differ in width and no other loader is
     named (an ``alpha_sparse`` checkpoint resizes the blocks itself). Returns whether it was added."""
     path = folder / "config.json"
+    if not path.is_file():  # a format without config.json (gguf) states the widths itself
+        return False
     config = json.loads(path.read_text())
     if WIDTHS_ATTRIBUTE not in config or "quantization_config" in config:
         return False
@@ -98,3 +98,6 @@ class AlphaWidthHfQuantizer(LoadOnlyQuantizer):
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         resize_from_config(model)
         return model
+
+
+register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)  # on import: see _registration.py
