@@ -22,6 +22,7 @@ from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 from .pruning.alps import check_alps_options
+from .reconstruction import check_reconstruct
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
@@ -172,6 +173,12 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
             settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
             kept weights (iterations, relative residual tolerance). Defaults are the paper's.
+        reconstruct: ``none`` or ``block``: after each block is pruned, refit its kept weights (mask fixed) so
+            that every matrix reproduces its dense output on the calibration inputs, in forward order (attention,
+            then MLP; see :mod:`optimum_alpha.reconstruction`). Works with every method, N:M and experts; needs
+            calibration text (also with ``magnitude``).
+        reconstruct_iters / reconstruct_damp: conjugate-gradient steps of that least-squares refit per matrix, and
+            its ridge as a fraction of the mean diagonal of XᵀX.
         tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
             (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
         dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
@@ -235,6 +242,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     structured_damp: float = 0.01
     prune_kv_groups: bool | None = None
     head_sparsity: float | None = None
+    reconstruct: str = "none"
+    reconstruct_iters: int = 20
+    reconstruct_damp: float = 0.01
     tokenizer: Any = None
     dataset: InitVar[Any] = None
 
@@ -290,6 +300,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             compile_patterns(self.ignore)
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+        check_reconstruct(self.reconstruct, self.reconstruct_iters, float(self.reconstruct_damp))
         self._check_structure()
 
     @property

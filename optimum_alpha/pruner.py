@@ -32,6 +32,7 @@ from .nm import check_nm_divisible, mixed_nm_counts
 from .owl import collect_outlier_ratios, owl_allocation
 from .pruning import LayerPruner, get_pruner_class
 from .pruning.magnitude import MagnitudePruner
+from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .statistics import collect_block_statistics
 
@@ -276,7 +277,7 @@ class AlphaPruner(OptimumQuantizer):
                                    sparsity_structure=config.sparsity_structure)
             self.last_report = report
             inputs = None
-            if pruner_cls.needs_calibration:
+            if pruner_cls.needs_calibration or config.reconstruct == "block":
                 inputs, report.calibration = self._calibration_inputs(config)
             progress = tqdm(list(enumerate(self.blocks)), desc=f"Pruning ({config.method})", unit="block",
                             disable=not show_progress)
@@ -288,6 +289,11 @@ class AlphaPruner(OptimumQuantizer):
                 if inputs is not None:
                     self._collect_statistics(index, matrices, pruners, inputs)
                 new_weights = self._prune_block(matrices, pruners, targets, config, report)
+                if config.reconstruct == "block" and inputs is not None:
+                    refit = reconstruct_block(block, index, matrices, new_weights, inputs,
+                                              config.reconstruct_iters, config.reconstruct_damp)
+                    new_weights = refit.weights
+                    report.reconstruction_s += refit.seconds
                 with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                     self._write_block(index, matrices, new_weights, targets, blocks[index], block_scores, report)
                 if inputs is not None:
