@@ -15,6 +15,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
+from .atp import ATP_BETA_GRID, check_atp_beta
 from .data import SAMPLINGS
 from .errors import ConfigError
 from .esd import BLOCK_SCORES, METRICS, canonical_metric
@@ -25,7 +26,7 @@ from .pruning.alps import check_alps_options
 from .reconstruction import check_reconstruct
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
-ALLOCATION_METHODS = ("uniform", "alpha", "owl")
+ALLOCATION_METHODS = ("uniform", "alpha", "owl", "dlp", "atp")
 GRANULARITIES = ("block", "matrix")
 STRUCTURES = ("unstructured", "width")
 DEFAULT_MAX_SEQLEN = 2048
@@ -45,6 +46,15 @@ def check_owl_lambda(lam: float) -> None:
         raise ConfigError(
             f"owl_lambda (half-width of OWL's sparsity spread) must be in [0, 0.5], got {lam}; OWL uses 0.08."
         )
+
+
+DLP_ALPHA = 0.15  # DLP's default α (half-width of its sparsity spread)
+
+
+def check_dlp_alpha(alpha: float) -> None:
+    if not 0 <= alpha <= 0.5:
+        raise ConfigError(f"dlp_alpha (half-width of DLP's sparsity spread) must be in [0, 0.5], got {alpha}; "
+                          f"DLP uses {DLP_ALPHA}.")
 
 
 def parse_mixed_nm(nm: str | None) -> int | None:
@@ -138,7 +148,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
         method: which weights go inside a layer: ``magnitude``, ``wanda``, ``sparsegpt`` or ``alps``.
-        allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
+        allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning), ``owl``, or the
+            2025 baselines ``dlp`` (DLP: median |W|·‖X‖ per block) and ``atp`` (ATP: sparsity rising linearly
+            with depth); see docs/methods.md.
         metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
         epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting),
             or ``"auto"``: one prune per value of ``epsilon_grid``, each scored by perplexity on ``heldout``
@@ -168,6 +180,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
+        dlp_alpha: DLP's sparsity spread α (``allocation="dlp"``; the authors' 0.15).
+        atp_beta: ATP's common difference β between the sparsities of consecutive blocks (``allocation="atp"``),
+            or ``"auto"``: one prune per value of ``atp_beta_grid`` scored on ``heldout`` windows, like ε auto.
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal; ALPS uses it too) and
             column block size.
         alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
@@ -227,6 +242,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     nm: str | None = None
     owl_threshold: float = 5.0
     owl_lambda: float = 0.08
+    dlp_alpha: float = DLP_ALPHA
+    atp_beta: float | str = AUTO
+    atp_beta_grid: tuple[float, ...] = ATP_BETA_GRID
     percdamp: float = 0.01
     blocksize: int = 128
     alps_rho: float = 0.1
@@ -285,8 +303,10 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             check_mixed_sparsity(float(self.sparsity), mixed)
         check_owl_threshold(float(self.owl_threshold))
         check_owl_lambda(float(self.owl_lambda))
-        if self.allocation == "owl" and self.granularity != "block":
-            raise ConfigError("The 'owl' allocation measures outliers per block; use granularity='block'.")
+        if self.allocation in ("owl", "dlp", "atp") and self.granularity != "block":
+            raise ConfigError(f"The {self.allocation!r} allocation works per block; use granularity='block'.")
+        check_dlp_alpha(float(self.dlp_alpha))
+        self._check_atp_beta()
         if not 0.0 <= self.percdamp:
             raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
         if self.blocksize < 1:
@@ -329,6 +349,24 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             check_epsilon(value)
         if int(self.heldout) < 1:
             raise ConfigError(f"heldout (windows scoring epsilon='auto') must be >= 1, got {self.heldout}.")
+
+    def _check_atp_beta(self) -> None:
+        if isinstance(self.atp_beta, str):
+            if self.atp_beta.lower() != AUTO:
+                raise ConfigError(f"atp_beta must be a number in [0, 1) or 'auto', got {self.atp_beta!r}.")
+            self.atp_beta = AUTO
+        else:
+            check_atp_beta(float(self.atp_beta))
+        self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)
+        if not self.atp_beta_grid:
+            raise ConfigError("atp_beta_grid is empty; give at least one β, e.g. (0.0025, 0.005, 0.01).")
+        for value in self.atp_beta_grid:
+            check_atp_beta(value)
+
+    @property
+    def searches_atp_beta(self) -> bool:
+        """True for ``atp_beta="auto"`` with the ATP allocation."""
+        return self.atp_beta == AUTO and self.allocation == "atp"
 
     @property
     def searches_epsilon(self) -> bool:
@@ -421,6 +459,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["epsilon_grid"] = list(self.epsilon_grid)
+        data["atp_beta_grid"] = list(self.atp_beta_grid)
         data["calibration_dataset"] = _json_value(self.calibration_dataset)
         data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data

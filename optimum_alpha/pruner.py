@@ -21,7 +21,7 @@ from .allocation import allocate
 from .calibration import BlockInputs, capture_block_inputs, run_block
 from .configuration import AlphaPruningConfig
 from .data import sample_calibration
-from .errors import CalibrationDataError, CheckpointError, ModelStructureError
+from .errors import CalibrationDataError, CheckpointError, ConfigError, ModelStructureError
 from .esd import ESDReport, analyze
 from .evaluate import max_positions
 from .interrupts import hold_interrupts
@@ -29,6 +29,8 @@ from .matrices import BlockWeights, PrunableMatrix, check_covered, model_weights
 from .model_utils import check_finite, find_blocks
 from .models import base_model_id, load_model
 from .nm import check_nm_divisible, mixed_nm_counts
+from .atp import atp_allocation
+from .dlp import collect_unimportance, dlp_allocation
 from .owl import collect_outlier_ratios, owl_allocation
 from .pruning import LayerPruner, get_pruner_class
 from .pruning.magnitude import MagnitudePruner
@@ -141,8 +143,16 @@ class AlphaPruner(OptimumQuantizer):
         max_sparsity = config.max_sparsity if m is None else min(config.max_sparsity, (m - 1) / m)
         if config.allocation == "uniform":
             return {matrix.name: float(config.sparsity) for matrix in matrices}, [None] * len(self.blocks)
-        if config.allocation == "owl":
+        if config.allocation in ("owl", "dlp"):
             return self._owl_targets(config, blocks, max_sparsity, show_progress)
+        if config.allocation == "atp":
+            if config.atp_beta == "auto":
+                raise ConfigError("atp_beta='auto' is chosen by prune() on held-out windows; give allocate() a "
+                                  "number, e.g. atp_beta=0.005.")
+            counts = [sum(m.numel for m in block.matrices) for block in blocks]
+            sparsities = atp_allocation(counts, config.sparsity, float(config.atp_beta), max_sparsity)
+            return ({m.name: sparsities[i] for i, block in enumerate(blocks) for m in block.matrices},
+                    [float(i) for i in range(len(blocks))])
         report = self._esd_report  # None until an allocation first needs it
         names = [matrix.name for matrix in matrices]
         if (report is None or not report.matches(config.fix_finger, config.block_score, config.esd_sampling,
@@ -172,10 +182,15 @@ class AlphaPruner(OptimumQuantizer):
             )
         inputs, _ = self._calibration_inputs(config)
         block_matrices = [block.matrices for block in blocks]
-        ratios = collect_outlier_ratios(self.blocks, block_matrices, inputs, config.owl_threshold, show_progress)
-        del inputs
         counts = [sum(m.numel for m in matrices) for matrices in block_matrices]
-        sparsities = owl_allocation(ratios, counts, config.sparsity, config.owl_lambda, max_sparsity)
+        if config.allocation == "dlp":
+            ratios = collect_unimportance(self.blocks, block_matrices, inputs, show_progress)
+            sparsities = dlp_allocation(ratios, counts, config.sparsity, config.dlp_alpha, max_sparsity)
+        else:
+            ratios = collect_outlier_ratios(self.blocks, block_matrices, inputs, config.owl_threshold,
+                                            show_progress)
+            sparsities = owl_allocation(ratios, counts, config.sparsity, config.owl_lambda, max_sparsity)
+        del inputs
         return ({m.name: sparsities[i] for i, matrices in enumerate(block_matrices) for m in matrices},
                 list(ratios))
 
@@ -255,6 +270,10 @@ class AlphaPruner(OptimumQuantizer):
             from .epsilon_search import search_epsilon
 
             return search_epsilon(self, config, show_progress)
+        if config.searches_atp_beta:  # ATP's β searched like ε
+            from .epsilon_search import search_on_heldout
+
+            return search_on_heldout(self, config, "atp_beta", config.atp_beta_grid, show_progress)
         if config.structure == "width":  # heads and channels go first (then, optionally, the code below)
             from .structured import prune_structured
 
@@ -269,7 +288,7 @@ class AlphaPruner(OptimumQuantizer):
         self.model.eval()
         try:
             pruner_cls = get_pruner_class(config.method)
-            if pruner_cls.needs_calibration or config.allocation == "owl":
+            if pruner_cls.needs_calibration or config.allocation in ("owl", "dlp"):
                 config.resolve_seqlen(max_positions(self.model))  # a too-long seqlen fails before any analysis
             targets, block_scores = self.allocate(config, show_progress, blocks)
             report = PruningReport(config=config.to_dict(), layer_targets=dict(targets),
