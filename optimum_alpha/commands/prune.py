@@ -37,7 +37,7 @@ DESCRIPTION = (
 # Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
 # while the parser is built, and `optimum-cli --help` must stay instant.
 METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
-ALLOCATIONS = ("alpha", "owl", "uniform")
+ALLOCATIONS = ("alpha", "owl", "uniform", "dlp", "atp")
 METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
 CONFIG_DEFAULTS: dict[str, Any] = {
     "sparsity": 0.5,
@@ -71,6 +71,16 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "structured_refit": True,
     "head_sparsity": None,
     "prune_kv_groups": None,
+    "esd_sampling": "full",
+    "farms_rows": 100,
+    "farms_q_ratio": 2.0,
+    "farms_ops_per_dim": 10,
+    "dlp_alpha": 0.15,
+    "atp_beta": "auto",
+    "atp_beta_grid": [0.0025, 0.005, 0.0075, 0.01, 0.0125],
+    "reconstruct": "none",
+    "reconstruct_iters": 20,
+    "reconstruct_damp": 0.01,
 }
 STRUCTURES = ("unstructured", "width")
 
@@ -94,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  type=float, metavar="S")
     _config_flag(parser, "--method", "method", "which weights go inside a layer", choices=METHODS)
     _config_flag(parser, "--allocation", "allocation",
-                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outliers) or uniform",
+                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outliers), uniform, or the 2025 "
+                 "baselines dlp (median |W|·‖X‖ per block) and atp (sparsity rising linearly with depth)",
                  choices=ALLOCATIONS)
     _config_flag(parser, "--metric", "metric", "ESD metric that drives --allocation alpha", choices=METRICS)
     _config_flag(parser, "--epsilon", "epsilon",
@@ -148,6 +159,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "OWL's M: an activation is an outlier above M times its layer's mean", type=float, metavar="M")
     _config_flag(parser, "--owl-lambda", "owl_lambda", "OWL's lambda: block sparsities lie in target +- lambda",
                  type=float, metavar="L")
+    _config_flag(parser, "--esd-sampling", "esd_sampling",
+                 "full: ESD of each whole matrix; farms: eigenvalues of fixed-aspect-ratio windows pooled "
+                 "(FARMS), for every metric and allocation", choices=("full", "farms"))
+    _config_flag(parser, "--farms-rows", "farms_rows", "farms: rows of each sampled window", type=positive_int,
+                 metavar="N")
+    _config_flag(parser, "--farms-q-ratio", "farms_q_ratio", "farms: columns/rows of each window", type=float,
+                 metavar="Q")
+    _config_flag(parser, "--farms-ops-per-dim", "farms_ops_per_dim", "farms: windows per dimension",
+                 type=positive_int, metavar="N")
+    _config_flag(parser, "--dlp-alpha", "dlp_alpha", "dlp: block sparsities lie in target +- alpha", type=float,
+                 metavar="A")
+    _config_flag(parser, "--atp-beta", "atp_beta",
+                 "atp: sparsity step between consecutive blocks, or 'auto' (one prune per --atp-beta-grid "
+                 "value scored on --heldout windows, then the best)", type=epsilon_value, metavar="B|auto")
+    _config_flag(parser, "--atp-beta-grid", "atp_beta_grid", "the β values tried by --atp-beta auto",
+                 type=float, nargs="+", metavar="B")
+    _config_flag(parser, "--reconstruct", "reconstruct",
+                 "block: after each block is pruned, refit its kept weights (mask fixed) to reproduce the dense "
+                 "block on the calibration inputs", choices=("none", "block"))
+    _config_flag(parser, "--reconstruct-iters", "reconstruct_iters",
+                 "block reconstruction: conjugate-gradient steps per matrix", type=positive_int, metavar="N")
+    _config_flag(parser, "--reconstruct-damp", "reconstruct_damp",
+                 "block reconstruction: ridge, as a fraction of the mean diagonal of XᵀX", type=float, metavar="F")
     _config_flag(parser, "--fix-finger", "fix_finger",
                  "xmin window of the Hill fit: reference (authors' code) or strict", choices=("reference", "strict"))
     _config_flag(parser, "--ignore", "ignore",
