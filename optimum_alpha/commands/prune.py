@@ -328,7 +328,8 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
     if report.epsilon_search:
         search = report.epsilon_search
         sweep = ", ".join(f"{e:g} -> {p:.2f}" for e, p in zip(search["grid"], search["heldout_perplexity"]))
-        print(f"epsilon auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
+        name = "atp beta" if search.get("parameter") == "atp_beta" else "epsilon"
+        print(f"{name} auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
     if ppl:
         before, after = ppl["dense"], ppl["pruned"]
         print(f"perplexity ({ppl['dataset']}, {ppl['windows']} windows x {ppl['seqlen']} tokens): "
