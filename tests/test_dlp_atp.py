@@ -120,5 +120,8 @@ def test_atp_auto_searches_beta_on_heldout_windows(tiny_llama, tiny_tokenizer):
     assert report.config["atp_beta"] == "auto"
     steps = [b - a for a, b in zip(_block_targets(report), _block_targets(report)[1:])]
     assert steps == pytest.approx([best] * 2, abs=1e-9)
+    from optimum_alpha.checkpoint.model_card import _calibration_rows
+
+    assert _calibration_rows({}, search)[0].startswith("| ATP β (auto) |")
     with pytest.raises(ConfigError, match="atp_beta='auto' is chosen by prune"):
         pruner.allocate(AlphaPruningConfig(sparsity=0.5, allocation="atp"))
