@@ -15,46 +15,29 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
-from .atp import ATP_BETA_GRID, check_atp_beta
-from .data import SAMPLINGS
+from .allocations import get_allocation
 from .errors import ConfigError
-from .esd import BLOCK_SCORES, METRICS, canonical_metric
 from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
-from .pruning.alps import check_alps_options
+from .options import (
+    AUTO,
+    BLOCK_SCORES,
+    FIX_FINGERS,
+    GRANULARITIES,
+    METRICS,
+    MIXED_NM_PREFIX,
+    SAMPLINGS,
+    STRUCTURES,
+    canonical_metric,
+    default,
+    resolve_seqlen,
+)
+from .pruning import get_pruner_class
 from .reconstruction import check_reconstruct
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
-ALLOCATION_METHODS = ("uniform", "alpha", "owl", "dlp", "atp")
-GRANULARITIES = ("block", "matrix")
-STRUCTURES = ("unstructured", "width")
-DEFAULT_MAX_SEQLEN = 2048
-MIXED_NM_PREFIX = "mixed:"
-AUTO = "auto"
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
 QUANT_METHOD = "alpha_pruning"
-
-
-def check_owl_threshold(threshold: float) -> None:
-    if not threshold > 0:
-        raise ConfigError(f"owl_threshold (OWL's M) must be > 0, got {threshold}; the OWL paper uses 5.")
-
-
-def check_owl_lambda(lam: float) -> None:
-    if not 0 <= lam <= 0.5:
-        raise ConfigError(
-            f"owl_lambda (half-width of OWL's sparsity spread) must be in [0, 0.5], got {lam}; OWL uses 0.08."
-        )
-
-
-DLP_ALPHA = 0.15  # DLP's default α (half-width of its sparsity spread)
-
-
-def check_dlp_alpha(alpha: float) -> None:
-    if not 0 <= alpha <= 0.5:
-        raise ConfigError(f"dlp_alpha (half-width of DLP's sparsity spread) must be in [0, 0.5], got {alpha}; "
-                          f"DLP uses {DLP_ALPHA}.")
 
 
 def parse_mixed_nm(nm: str | None) -> int | None:
@@ -148,9 +131,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     Args:
         sparsity: target fraction of prunable weights (Linear layers inside the blocks) set to zero.
         method: which weights go inside a layer: ``magnitude``, ``wanda``, ``sparsegpt`` or ``alps``.
-        allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning), ``owl``, or the
-            2025 baselines ``dlp`` (DLP: median |W|·‖X‖ per block) and ``atp`` (ATP: sparsity rising linearly
-            with depth); see docs/methods.md.
+        allocation: how sparsity is spread over layers: ``uniform``, ``alpha`` (AlphaPruning) or ``owl``.
         metric: ESD metric driving the ``alpha`` allocation (``alpha_hill`` in the paper).
         epsilon: non-uniformity ε of the alpha mapping, ratios in [1 - ε, 1 + ε] (0.3: paper's LLaMA setting),
             or ``"auto"``: one prune per value of ``epsilon_grid``, each scored by perplexity on ``heldout``
@@ -178,22 +159,21 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             weights kept in every layer; sparsity is then 1 - N/M and ``sparsity``/``allocation`` are not used.
             ``"mixed:M"`` (e.g. ``"mixed:8"``, paper appendix H.6): each block (or matrix) gets its own N,
             chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
-        owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
-            which allocates per block).
         dlp_alpha: DLP's sparsity spread α (``allocation="dlp"``; the authors' 0.15).
         atp_beta: ATP's common difference β between the sparsities of consecutive blocks (``allocation="atp"``),
             or ``"auto"``: one prune per value of ``atp_beta_grid`` scored on ``heldout`` windows, like ε auto.
+        reconstruct: ``none`` or ``block``: after each block is pruned, refit its kept weights (mask fixed) so
+            that every matrix reproduces its dense output on the calibration inputs, in forward order (see
+            :mod:`optimum_alpha.reconstruction`). Any method, N:M and experts; needs calibration text.
+        reconstruct_iters / reconstruct_damp: conjugate-gradient steps of that refit per matrix, and its ridge as
+            a fraction of the mean diagonal of XᵀX.
+        owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
+            which allocates per block).
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal; ALPS uses it too) and
             column block size.
         alps_rho / alps_max_iter: ALPS's initial ADMM penalty ρ₀ and iteration cap (the support usually
             settles in 30-40 iterations); alps_pcg_iters / alps_pcg_tol: conjugate-gradient refit of the
             kept weights (iterations, relative residual tolerance). Defaults are the paper's.
-        reconstruct: ``none`` or ``block``: after each block is pruned, refit its kept weights (mask fixed) so
-            that every matrix reproduces its dense output on the calibration inputs, in forward order (attention,
-            then MLP; see :mod:`optimum_alpha.reconstruction`). Works with every method, N:M and experts; needs
-            calibration text (also with ``magnitude``).
-        reconstruct_iters / reconstruct_damp: conjugate-gradient steps of that least-squares refit per matrix, and
-            its ridge as a fraction of the mean diagonal of XᵀX.
         tokenizer: for pruning inside ``from_pretrained`` only: a tokenizer, or the name/folder to load one from
             (default: the model's own). ``AlphaPruner`` uses the tokenizer it was given.
         dataset: alias of ``calibration_dataset`` (the name transformers' ``GPTQConfig`` uses).
@@ -220,50 +200,50 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
     quant_method: str = field(default=QUANT_METHOD, init=False)
 
-    sparsity: float = 0.5
-    method: str = "wanda"
-    allocation: str = "alpha"
-    metric: str = "alpha_hill"
-    epsilon: float | str = 0.3
-    epsilon_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
-    heldout: int = 8
-    max_sparsity: float = 0.99
-    granularity: str = "block"
-    fix_finger: str = "reference"
-    esd_sampling: str = "full"
-    farms_rows: int = 100
-    farms_q_ratio: float = 2.0
-    farms_ops_per_dim: int = 10
-    calibration_dataset: Any = "c4"
-    calibration_sampling: str = "document"
-    nsamples: int | None = None
-    seqlen: int | None = None
-    seed: int = 0
-    nm: str | None = None
-    owl_threshold: float = 5.0
-    owl_lambda: float = 0.08
-    dlp_alpha: float = DLP_ALPHA
-    atp_beta: float | str = AUTO
-    atp_beta_grid: tuple[float, ...] = ATP_BETA_GRID
-    percdamp: float = 0.01
-    blocksize: int = 128
-    alps_rho: float = 0.1
-    alps_max_iter: int = 300
-    alps_pcg_iters: int = 10
-    alps_pcg_tol: float = 1e-4
-    ignore: list[str] | None = None
-    prune_routers: bool = False
-    block_score: str = "mean"
-    structure: str = "unstructured"
-    unstructured_sparsity: float | None = None
-    structured_refit: bool = True
-    structured_damp: float = 0.01
-    prune_kv_groups: bool | None = None
-    head_sparsity: float | None = None
-    reconstruct: str = "none"
-    reconstruct_iters: int = 20
-    reconstruct_damp: float = 0.01
-    tokenizer: Any = None
+    sparsity: float = default("sparsity")
+    method: str = default("method")
+    allocation: str = default("allocation")
+    metric: str = default("metric")
+    epsilon: float | str = default("epsilon")
+    epsilon_grid: tuple[float, ...] = default("epsilon_grid")
+    heldout: int = default("heldout")
+    max_sparsity: float = default("max_sparsity")
+    granularity: str = default("granularity")
+    fix_finger: str = default("fix_finger")
+    esd_sampling: str = default("esd_sampling")
+    farms_rows: int = default("farms_rows")
+    farms_q_ratio: float = default("farms_q_ratio")
+    farms_ops_per_dim: int = default("farms_ops_per_dim")
+    calibration_dataset: Any = default("calibration_dataset")
+    calibration_sampling: str = default("calibration_sampling")
+    nsamples: int | None = default("nsamples")
+    seqlen: int | None = default("seqlen")
+    seed: int = default("seed")
+    nm: str | None = default("nm")
+    owl_threshold: float = default("owl_threshold")
+    owl_lambda: float = default("owl_lambda")
+    dlp_alpha: float = default("dlp_alpha")
+    atp_beta: float | str = default("atp_beta")
+    atp_beta_grid: tuple[float, ...] = default("atp_beta_grid")
+    reconstruct: str = default("reconstruct")
+    reconstruct_iters: int = default("reconstruct_iters")
+    reconstruct_damp: float = default("reconstruct_damp")
+    percdamp: float = default("percdamp")
+    blocksize: int = default("blocksize")
+    alps_rho: float = default("alps_rho")
+    alps_max_iter: int = default("alps_max_iter")
+    alps_pcg_iters: int = default("alps_pcg_iters")
+    alps_pcg_tol: float = default("alps_pcg_tol")
+    ignore: list[str] | None = default("ignore")
+    prune_routers: bool = default("prune_routers")
+    block_score: str = default("block_score")
+    structure: str = default("structure")
+    unstructured_sparsity: float | None = default("unstructured_sparsity")
+    structured_refit: bool = default("structured_refit")
+    structured_damp: float = default("structured_damp")
+    prune_kv_groups: bool | None = default("prune_kv_groups")
+    head_sparsity: float | None = default("head_sparsity")
+    tokenizer: Any = default("tokenizer")
     dataset: InitVar[Any] = None
 
     def __post_init__(self, dataset: Any = None) -> None:
@@ -272,18 +252,14 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
-        if self.method not in METHODS:
-            raise ConfigError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if self.allocation not in ALLOCATION_METHODS:
-            raise ConfigError(
-                f"Unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATION_METHODS)}."
-            )
+        pruner_cls = get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
+        allocation_cls = get_allocation(self.allocation)
         self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
             raise ConfigError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"Unknown granularity {self.granularity!r}; use 'block' or 'matrix'.")
-        if self.fix_finger not in ("reference", "strict"):
+        if self.fix_finger not in FIX_FINGERS:
             raise ConfigError(f"Unknown fix_finger {self.fix_finger!r}; use 'reference' or 'strict'.")
         check_esd_sampling(self.esd_sampling)
         self.farms_options  # validates the FARMS grid
@@ -301,18 +277,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         mixed = parse_mixed_nm(self.nm)
         if mixed is not None:
             check_mixed_sparsity(float(self.sparsity), mixed)
-        check_owl_threshold(float(self.owl_threshold))
-        check_owl_lambda(float(self.owl_lambda))
-        if self.allocation in ("owl", "dlp", "atp") and self.granularity != "block":
-            raise ConfigError(f"The {self.allocation!r} allocation works per block; use granularity='block'.")
-        check_dlp_alpha(float(self.dlp_alpha))
-        self._check_atp_beta()
-        if not 0.0 <= self.percdamp:
-            raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
-        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters,
-                           float(self.alps_pcg_tol))
+        allocation_cls.check_config(self)  # each plug-in validates the fields it reads
+        pruner_cls.check_config(self)
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
@@ -350,27 +316,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         if int(self.heldout) < 1:
             raise ConfigError(f"heldout (windows scoring epsilon='auto') must be >= 1, got {self.heldout}.")
 
-    def _check_atp_beta(self) -> None:
-        if isinstance(self.atp_beta, str):
-            if self.atp_beta.lower() != AUTO:
-                raise ConfigError(f"atp_beta must be a number in [0, 1) or 'auto', got {self.atp_beta!r}.")
-            self.atp_beta = AUTO
-        else:
-            check_atp_beta(float(self.atp_beta))
-        self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)
-        if not self.atp_beta_grid:
-            raise ConfigError("atp_beta_grid is empty; give at least one β, e.g. (0.0025, 0.005, 0.01).")
-        for value in self.atp_beta_grid:
-            check_atp_beta(value)
-
     @property
-    def searches_atp_beta(self) -> bool:
-        """True for ``atp_beta="auto"`` with the ATP allocation."""
-        return self.atp_beta == AUTO and self.allocation == "atp"
+    def heldout_search(self) -> tuple[str, tuple[float, ...]] | None:
+        """(field, grid) when the allocation's searched option is ``"auto"`` (ε of alpha, β of ATP), else None."""
+        searched = get_allocation(self.allocation).searched_option
+        if searched is None or getattr(self, searched[0]) != AUTO:
+            return None
+        return searched[0], tuple(getattr(self, searched[1]))
 
     @property
     def searches_epsilon(self) -> bool:
-        """True for ``epsilon="auto"`` with the alpha allocation (the only one ε acts on)."""
+        """True for ``epsilon="auto"`` with an allocation that reads ε (the alpha allocation)."""
         return self.epsilon == AUTO and self.allocation == "alpha"
 
     def _check_structure(self) -> None:
@@ -394,6 +350,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"head_sparsity must be in [0, 1) or None, got {self.head_sparsity}.")
         if not float(self.structured_damp) > 0:
             raise ConfigError(f"structured_damp must be > 0 (ridge of the refit), got {self.structured_damp}.")
+
+    @property
+    def needs_calibration_text(self) -> bool:
+        """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
+        return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
+                or self.structure == "width" or self.reconstruct == "block")
+
+    @property
+    def width_only(self) -> bool:
+        """Width pruning with no unstructured/N:M stage after it (the one place this is decided)."""
+        return self.structure == "width" and not self.sparsifies_after_width
 
     @property
     def sparsifies_after_width(self) -> bool:
@@ -439,21 +406,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         pattern = self.nm_pattern
         return 1.0 - pattern[0] / pattern[1] if pattern is not None else float(self.sparsity)
 
-    @property
-    def uses_esd(self) -> bool:
-        """Whether the allocation reads the ESD analysis (only ``alpha``, and not under a fixed N:M pattern)."""
-        return self.allocation == "alpha" and self.nm_pattern is None
-
     def resolve_seqlen(self, max_positions: int | None) -> int:
         """The calibration window length for a model with ``max_positions`` positions."""
-        limit = max_positions or DEFAULT_MAX_SEQLEN
-        if self.seqlen is None:
-            return min(DEFAULT_MAX_SEQLEN, limit)
-        if self.seqlen > limit:
-            raise ConfigError(
-                f"seqlen {self.seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
-            )
-        return int(self.seqlen)
+        return resolve_seqlen(self.seqlen, max_positions)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""

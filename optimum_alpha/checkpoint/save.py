@@ -7,11 +7,10 @@ folder behind, and a concurrent save to the same folder cannot silently replace 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,7 +20,7 @@ from ..errors import CheckpointError
 from ..interrupts import hold_interrupts, sigterm_as_interrupt
 from ..structured.checkpoint import add_width_quantization_config
 from .model_card import build_model_card
-from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
+from .writers import get_writer
 from .target import (
     MANIFEST_KEY,
     METADATA_FILE,
@@ -32,7 +31,6 @@ from .target import (
     put_in_place,
 )
 
-FORMATS = ("dense", "sparse")
 CHART_FILE = "alpha_profile.png"
 
 
@@ -76,8 +74,7 @@ def check_save_request(
     overwrite: bool | str = False
 ) -> Path:
     """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target."""
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+    get_writer(format)  # an unknown format fails here, listing the registered ones
     check_shard_size(max_shard_size)
     target = Path(save_dir).expanduser().resolve()
     check_save_target(target, overwrite_mode(overwrite))
@@ -91,39 +88,6 @@ def _apply_umask(folder: Path) -> None:
         os.chmod(root, 0o777 & ~umask)
         for name in files:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-@contextlib.contextmanager
-def _without_gguf_state(model: nn.Module) -> Iterator[None]:
-    """Hide the GGUF loader state while saving: the weights are already dequantized floats.
-
-    transformers refuses to ``save_pretrained`` a model it loaded from GGUF and would otherwise write
-    a ``gguf`` quantization config that no safetensors loader accepts.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
-        yield
-        return
-    model_keys = ("hf_quantizer", "is_quantized", "quantization_method")
-    config_keys = ("quantization_config", "_is_quantized")
-    config = model.config
-    saved_model = {key: getattr(model, key) for key in model_keys if hasattr(model, key)}
-    saved_config = {key: getattr(config, key) for key in config_keys if hasattr(config, key)}
-    for key in saved_model:
-        if key == "is_quantized":
-            model.is_quantized = False
-        else:
-            delattr(model, key)
-    for key in saved_config:
-        delattr(config, key)
-    try:
-        yield
-    finally:
-        for key, value in saved_model.items():
-            setattr(model, key, value)
-        for key, value in saved_config.items():
-            setattr(config, key, value)
 
 
 def _zero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -209,18 +173,7 @@ def _write_folder(
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    if fmt == "sparse":
-        with _without_gguf_state(model), compress_while_saving(folder) as compressor:
-            model.save_pretrained(folder, max_shard_size=max_shard_size)
-        compressed = compress_folder(folder, compressor)
-        if compressed:
-            sparsity = data.get("achieved_sparsity")
-            structure = data.get("sparsity_structure") or "unstructured"
-            write_quantization_config(folder, compressed, sparsity, data["library_version"], structure)
-        data["compressed_modules"] = len(compressed)
-    else:
-        with _without_gguf_state(model):
-            model.save_pretrained(folder, max_shard_size=max_shard_size)
+    get_writer(fmt).write(model, folder, max_shard_size=max_shard_size, data=data)
     card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -242,7 +195,8 @@ def save_pruned(
     overwrite: bool | str = False,
     metadata: dict | None = None,
 ) -> Path:
-    """Save a pruned model as a Hugging Face folder (``dense`` zeros-in-place or ``sparse`` bitmask).
+    """Save a pruned model as a Hugging Face folder in a registered format (``dense`` zeros-in-place,
+    ``sparse`` bitmask...; see :mod:`.writers`).
 
     Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
     ``overwrite=True`` replaces a checkpoint written by optimum-alpha, ``"force"`` any folder; files
