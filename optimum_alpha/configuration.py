@@ -287,6 +287,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
         check_reconstruct(self.reconstruct, self.reconstruct_iters, float(self.reconstruct_damp))
+        self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)  # a JSON list reads back as the tuple
         self._check_structure()
 
     @property
