@@ -143,6 +143,14 @@ def test_speed_farms_table_times_both_estimators(factory):
     assert "mean shift by matrix shape" in text
 
 
+def test_speed_reconstruct_table_lowers_one_blocks_error(factory):
+    text = speed.main(["--part", "reconstruct", "--block", "1", "--nsamples", "2", "--seqlen", "32",
+                       "--methods", "magnitude", "wanda"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["magnitude", "wanda"]
+    assert all(float(r[4]) < float(r[3]) and float(r[5]) < 1 for r in rows)
+
+
 def test_naive_hill_matches_library_fit_on_a_random_matrix():
     from optimum_alpha.esd import hill_fit, matrix_eigenvalues
 
