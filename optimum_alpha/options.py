@@ -130,6 +130,13 @@ OPTIONS: tuple[Option, ...] = (
            "allocation", metavar="M"),
     Option("owl_lambda", 0.08, "float", "OWL's lambda: block sparsities lie in target +- lambda", "allocation",
            metavar="L"),
+    Option("dlp_alpha", 0.15, "float", "DLP's alpha: block sparsities lie in target +- alpha", "allocation",
+           metavar="A"),
+    Option("atp_beta", "auto", "epsilon", "ATP's step between the sparsities of consecutive blocks; 'auto' prunes "
+           "once per atp-beta-grid value, keeps the lowest held-out perplexity and prunes again", "allocation",
+           metavar="B|auto"),
+    Option("atp_beta_grid", (0.0025, 0.005, 0.0075, 0.01, 0.0125), "floats", "the beta values tried by atp-beta "
+           "auto", "allocation", metavar="B"),
     # calibration
     Option("calibration_dataset", "c4", "str", "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet "
            "file with a 'text' field", "calibration", flag="--calibration", metavar="c4|wikitext2|PATH"),
@@ -153,6 +160,13 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no refit)", "solver", metavar="N"),
     Option("alps_pcg_tol", 1e-4, "float", "alps: relative residual at which the refit stops", "solver",
            metavar="T"),
+    Option("reconstruct", "none", "choice", "block: after each block is pruned, refit its kept weights (mask "
+           "fixed) so that it reproduces the dense block on the calibration inputs", "solver",
+           choices=("none", "block")),
+    Option("reconstruct_iters", 20, "count", "block reconstruction: conjugate-gradient steps per matrix", "solver",
+           metavar="N"),
+    Option("reconstruct_damp", 0.01, "float", "block reconstruction: ridge, as a fraction of the mean diagonal of "
+           "XᵀX", "solver", metavar="F"),
     # width pruning
     Option("structure", "unstructured", "choice", "unstructured: zeros inside the weights; width: remove whole "
            "attention heads and MLP channels for a smaller dense model", "width", choices=STRUCTURES),

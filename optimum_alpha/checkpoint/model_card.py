@@ -66,7 +66,8 @@ def _calibration_rows(calibration: dict[str, Any], search: dict[str, Any]) -> li
     if search:
         sweep = ", ".join(f"{e:g}: {_fmt(p, 2)}" for e, p in zip(search.get("grid", []),
                                                                  search.get("heldout_perplexity", [])))
-        rows.append(f"| ε (auto) | {search.get('chosen')}, lowest held-out perplexity on "
+        label = "ATP β (auto)" if search.get("parameter") == "atp_beta" else "ε (auto)"
+        rows.append(f"| {label} | {search.get('chosen')}, lowest held-out perplexity on "
                     f"{search.get('heldout_windows')} windows of {search.get('heldout_source')} ({sweep}) |")
     return rows
 

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(plain safetensors any transformers loads), or another registered writer",
     )
     parser.add_argument(
+        "--gguf-type",
+        default="q8_0",
+        metavar="TYPE",
+        help="with --format gguf: f16, bf16, q8_0, q5_0, q4_0 or auto:B (bits per weight chosen from the spectra)",
+    )
+    parser.add_argument(
         "--max-shard-size",
         default="5GB",
         metavar="SIZE",
@@ -183,7 +189,8 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
     if report.epsilon_search:
         search = report.epsilon_search
         sweep = ", ".join(f"{e:g} -> {p:.2f}" for e, p in zip(search["grid"], search["heldout_perplexity"]))
-        print(f"epsilon auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
+        name = "atp beta" if search.get("parameter") == "atp_beta" else "epsilon"
+        print(f"{name} auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
     if ppl:
         before, after = ppl["dense"], ppl["pruned"]
         print(f"perplexity ({ppl['dataset']}, {ppl['windows']} windows x {ppl['seqlen']} tokens): "
@@ -201,7 +208,8 @@ def check_before_loading(args: argparse.Namespace):
 
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
-    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite,
+                       **writer_options(args))
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -232,6 +240,11 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
     except CheckpointError as error:
         retry = f"optimum-cli alpha-prune push {folder} {repo}" + (" --private" if private else "")
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
+
+
+def writer_options(args: argparse.Namespace) -> dict[str, str]:
+    """The save options of the chosen format (only ``gguf`` has one)."""
+    return {"gguf_type": args.gguf_type} if args.format == "gguf" else {}
 
 
 def _measure_dense(pruner, config, args: argparse.Namespace, ppl: dict[str, Any]):
@@ -307,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         pruner.evaluation["zero_shot"] = accuracy.to_dict()
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=overwrite)
+                               overwrite=overwrite, **writer_options(args))
     print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory(), pruner.evaluation)
     if prepared is not None:
         print_zero_shot(accuracy)
