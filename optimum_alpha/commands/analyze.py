@@ -148,17 +148,25 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if args.output is not None:
-        with stages.stage(f"Writing {args.output}"):
-            args.output.mkdir(parents=True, exist_ok=True)
-            report.to_json(args.output / "esd.json")
-            if sparsities:
-                allocation = {
-                    "sparsity": args.sparsity,
-                    "epsilon": args.epsilon,
-                    "metric": primary,
-                    "block_sparsities": sparsities,
-                }
-                (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
-            plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots)
-        print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")
+        from ..distributed import current as current_parallel
+
+        current_parallel().on_main(lambda: _write_outputs(args, model, report, primary, sparsities, stages),
+                                   f"writing {args.output} on rank 0")
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, model, report, primary: str, sparsities, stages: Stages) -> None:
+    """esd.json, allocation.json and the plots (rank 0 only under torchrun)."""
+    with stages.stage(f"Writing {args.output}"):
+        args.output.mkdir(parents=True, exist_ok=True)
+        report.to_json(args.output / "esd.json")
+        if sparsities:
+            allocation = {
+                "sparsity": args.sparsity,
+                "epsilon": args.epsilon,
+                "metric": primary,
+                "block_sparsities": sparsities,
+            }
+            (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
+        plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots)
+    print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")
