@@ -147,6 +147,10 @@ class DataParallel(Parallel):
     def sum_statistics(self, items: Sequence[tuple[Reducible, int]]) -> None:
         for item, width in items:  # one collective per item: a block's statistics are never all copied at once
             parts = item.partial_sums(width)
+            if not parts:  # the same on every rank, so every rank raises here: no collective is left waiting
+                raise DistributedRunError(
+                    f"{type(item).__name__} cannot sum its statistics over ranks (it has no partial_sums); run "
+                    "it in one process, or implement partial_sums/load_sums (docs/architecture.md).")
             flat = torch.cat([p.reshape(-1).to(device=self.device, dtype=torch.float64) for p in parts])
             self.dist.all_reduce(flat)
             sums, offset = [], 0
@@ -226,13 +230,16 @@ def shutdown() -> None:
     _CURRENT, _OWN_GROUP = None, False
 
 
-def quiet_other_ranks() -> None:
-    """Under several ranks, only rank 0 prints results and progress bars (errors still reach stderr)."""
+def quiet_other_ranks() -> bool:
+    """Under several ranks, only rank 0 prints results and progress bars (errors still reach stderr);
+    returns whether this process is one of the quiet ranks."""
     parallel = current()
     if parallel.active and not parallel.is_main:
         os.environ["TQDM_DISABLE"] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        return True
+    return False
 
 
 def current() -> Parallel:

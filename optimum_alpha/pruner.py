@@ -156,25 +156,18 @@ class AlphaPruner(OptimumQuantizer):
         """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``...) with
         the tokenizer, ``alpha_pruning.json`` and a model card."""
         from .checkpoint import save_pruned
-        from .distributed import current as current_parallel
 
-        path = current_parallel().on_main(  # under torchrun rank 0 writes; the others wait, share its failure
-            lambda: save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,
-                                max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata()),
-            f"saving {save_dir} on rank 0")
-        self.saved_path = Path(path if path is not None else save_dir)
+        path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,
+                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata())
+        self.saved_path = Path(path)
         return self.saved_path
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
                     commit_message: str | None = None, save_dir: str | Path | None = None) -> str:
         """Upload the saved folder (``save_pretrained`` first) to the Hub; returns the repo URL."""
         from .checkpoint import push_folder_to_hub
-        from .distributed import current as current_parallel
 
         folder = Path(save_dir) if save_dir is not None else self.saved_path
         if folder is None:
             raise CheckpointError("Nothing saved yet: call save_pretrained(save_dir) before push_to_hub.")
-        url = current_parallel().on_main(
-            lambda: push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message),
-            f"pushing to {repo_id} on rank 0")
-        return url if url is not None else f"https://huggingface.co/{repo_id}"
+        return push_folder_to_hub(folder, repo_id, private=private, token=token, commit_message=commit_message)

@@ -107,7 +107,8 @@ def run_command(args: argparse.Namespace) -> int:
     from .. import distributed
 
     try:
-        distributed.quiet_other_ranks()  # under torchrun: makes the process group; rank 0 prints
+        if distributed.quiet_other_ranks():  # under torchrun: makes the process group; rank 0 prints
+            args.quiet = True  # no stage headers either
         return int(args.handler(args) or 0)
     except AlphaPruningError as exc:
         fail(str(exc))

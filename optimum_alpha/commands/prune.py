@@ -240,9 +240,6 @@ def run(args: argparse.Namespace) -> int:
     print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
-            from ..distributed import current as current_parallel
-
-            url = current_parallel().on_main(lambda: push_or_explain(output, args.push_to_hub, args.private),
-                                             "pushing on rank 0")
+            url = push_or_explain(output, args.push_to_hub, args.private)
         print(f"pushed to: {url}")
     return 0

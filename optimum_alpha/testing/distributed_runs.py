@@ -43,24 +43,25 @@ def _prune(family: str, options: dict[str, Any], tokenizer: Any) -> dict[str, An
 
 
 def _save(tokenizer: Any, folder: Path) -> dict[str, Any]:
-    """A save under the group: how often this rank's process called the checkpoint writer."""
-    from .. import AlphaPruner, AlphaPruningConfig, checkpoint
+    """A save under the group: how often this rank's process wrote a checkpoint folder."""
+    from .. import AlphaPruner, AlphaPruningConfig
+    from ..checkpoint import save as save_module
 
     calls = []
-    original = checkpoint.save_pruned
+    original = save_module._write_folder
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return original(*args, **kwargs)
 
-    checkpoint.save_pruned = counting
+    save_module._write_folder = counting
     try:
         pruner = AlphaPruner(build("llama"), tokenizer=tokenizer, show_progress=False)
         pruner.prune(AlphaPruningConfig(sparsity=0.5, method="magnitude", allocation="uniform"),
                      show_progress=False)
         path = pruner.save_pretrained(folder)
     finally:
-        checkpoint.save_pruned = original
+        save_module._write_folder = original
     return {"writer_calls": len(calls), "path": str(path)}
 
 
