@@ -27,3 +27,7 @@ class CheckpointError(AlphaPruningError):
 
 class DistributedRunError(AlphaPruningError):
     """A data-parallel run (torchrun) failed: names the rank that failed and what it was doing."""
+
+
+class MissingExtraError(AlphaPruningError):
+    """A feature needs an optional extra (``pip install 'optimum-alpha[eval]'``) that is not installed."""

@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 from .allocations import get_allocation
 from .calibration import run_block
 from .distributed import Parallel, current as current_parallel
-from .errors import ModelStructureError
+from .errors import DistributedRunError, ModelStructureError
 from .interrupts import hold_interrupts
 from .matrices import BlockWeights, PrunableMatrix, check_covered
 from .model_utils import check_block_parameters, max_positions
 from .pruning import LayerPruner, get_pruner_class
 from .pruning.magnitude import MagnitudePruner
+from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .state import ModelState
 from .statistics import collect_block_statistics
@@ -58,6 +59,9 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         logger.info("N:M pattern %s sets the sparsity to %.4f; sparsity=%s is not used.",
                     config.nm, config.effective_sparsity, config.sparsity)
     start = time.perf_counter()
+    if config.reconstruct == "block" and current_parallel().active:  # the same answer on every rank
+        raise DistributedRunError("reconstruct='block' does not run under torchrun yet (its refit would see one "
+                                  "rank's windows only); run it in one process, or drop reconstruct.")
     blocks = state.block_weights(config)
     check_weights(state, blocks)
     model = state.model
@@ -72,7 +76,7 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         report = new_report(config, blocks, targets)
         state.last_report = report
         inputs = None
-        if pruner_cls.needs_calibration:
+        if pruner_cls.needs_calibration or config.reconstruct == "block":
             inputs, report.calibration = state.calibration_inputs(config)
         parallel = current_parallel()
         progress = tqdm(list(enumerate(state.blocks)), desc=f"Pruning ({config.method})", unit="block",
@@ -84,12 +88,18 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
             if inputs is not None:
                 with parallel.step(f"collecting the statistics of block {index}"):
                     collect_block_statistics(block, index, matrices, pruners, inputs)
-                parallel.sum_statistics([(pruners[m.name], m.shape[1]) for m in matrices])
+                if pruner_cls.needs_calibration:
+                    parallel.sum_statistics([(pruners[m.name], m.shape[1]) for m in matrices])
             owners = parallel.owners([solver_cost(m) for m in matrices])
             with parallel.step(f"pruning block {index}"):
                 new_weights = prune_block(matrices, pruners, targets, config.nm_group, report,
                                           [owner == parallel.rank for owner in owners])
             share_weights(parallel, matrices, new_weights, owners)
+            if config.reconstruct == "block" and inputs is not None:
+                refit = reconstruct_block(block, index, matrices, new_weights, inputs, config.reconstruct_iters,
+                                          config.reconstruct_damp)
+                new_weights = refit.weights
+                report.reconstruction_s += refit.seconds
             with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                 write_block(index, matrices, new_weights, targets, blocks[index], allocated.block_scores, report)
             if inputs is not None:
