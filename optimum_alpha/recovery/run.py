@@ -5,7 +5,8 @@ target that does not exist, a window longer than the model's positions, a resume
 too short) runs before the first training step, so a mistake costs one line and no training time.
 
 Memory: the student, its gradients and Adam's two moments (4 copies of the trainable weights), plus the
-teacher (1 copy) and the activations of one micro-batch for both. SmolLM2-135M in float32: about 3.5 GB.
+teacher (1 copy) and the activations of one micro-batch for both. SmolLM2-135M in float32 with 512-token windows:
+4.4 GB peak RSS (measured).
 A model where the teacher does not fit beside the student needs ``objective="lm"`` (no teacher) or LoRA
 (the student's gradients and moments shrink to the adapters').
 """
