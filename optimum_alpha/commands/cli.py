@@ -16,11 +16,11 @@ from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
 from ..options import pruner_names
-from . import analyze, evaluate, prune, push, recover
+from . import analyze, evaluate, export, prune, push, recover
 from .common import USAGE_ERROR, add_verbosity_arguments, fail
 
 INTERRUPTED = INTERRUPTED_EXIT_CODE
-SUBCOMMANDS = (analyze, prune, evaluate, push, recover)
+SUBCOMMANDS = (analyze, prune, evaluate, push, recover, export)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
