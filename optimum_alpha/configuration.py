@@ -15,7 +15,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
-from .allocations import get_allocation
+from .allocations import allocation_classes, get_allocation
 from .errors import ConfigError
 from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
@@ -33,7 +33,7 @@ from .options import (
     default,
     resolve_seqlen,
 )
-from .pruning import get_pruner_class
+from .pruning import get_pruner_class, pruner_classes
 from .reconstruction import check_reconstruct
 
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
@@ -155,6 +155,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
             (131072 positions of Llama-3 would allocate a 64 GiB buffer).
         seed: seed of the calibration sampling.
+        calibration_batch_tokens: tokens per block forward over the calibration windows (as many whole windows
+            as fit, at least one); results equal one window at a time up to float rounding.
         nm: optional N:M semi-structured pattern. ``"N:M"`` (e.g. ``"2:4"``): N of every M consecutive input
             weights kept in every layer; sparsity is then 1 - N/M and ``sparsity``/``allocation`` are not used.
             ``"mixed:M"`` (e.g. ``"mixed:8"``, paper appendix H.6): each block (or matrix) gets its own N,
@@ -219,6 +221,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     nsamples: int | None = default("nsamples")
     seqlen: int | None = default("seqlen")
     seed: int = default("seed")
+    calibration_batch_tokens: int = default("calibration_batch_tokens")
     nm: str | None = default("nm")
     owl_threshold: float = default("owl_threshold")
     owl_lambda: float = default("owl_lambda")
@@ -252,7 +255,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
-        pruner_cls = get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
+        get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
         allocation_cls = get_allocation(self.allocation)
         self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
@@ -271,14 +274,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             )
         if self.nsamples is not None and int(self.nsamples) < 1:
             raise ConfigError(f"nsamples must be >= 1, got {self.nsamples}.")
+        if int(self.calibration_batch_tokens) < 1:
+            raise ConfigError(f"calibration_batch_tokens must be >= 1, got {self.calibration_batch_tokens}.")
         if self.seqlen is not None and int(self.seqlen) < 1:
             raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
         parse_nm(self.nm)
         mixed = parse_mixed_nm(self.nm)
         if mixed is not None:
             check_mixed_sparsity(float(self.sparsity), mixed)
-        allocation_cls.check_config(self)  # each plug-in validates the fields it reads
-        pruner_cls.check_config(self)
+        for plugin in (*allocation_classes(), *pruner_classes()):  # each validates the fields it reads
+            plugin.check_config(self)
+        allocation_cls.check_chosen(self)
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
