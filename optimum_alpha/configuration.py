@@ -21,6 +21,7 @@ from .esd import BLOCK_SCORES, METRICS, canonical_metric
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 from .pruning.alps import check_alps_options
+from .quantization.plan import check_quantization_config
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 ALLOCATION_METHODS = ("uniform", "alpha", "owl")
@@ -188,6 +189,15 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             when each group has one query head (multi-head attention).
         head_sparsity: fraction of query heads (per group) or of groups to remove in every block; None: each
             block's own fraction, with MLP channels taking the rest of its share.
+        bits: quantise the block weights to integers after (or jointly with) pruning, with this average bit
+            width over the quantised weights (parameter-weighted, never exceeded); None: keep float weights.
+            ``sparsity=0`` quantises without pruning. See docs/quantisation.md.
+        group_size: inputs sharing one scale (default 128); None: one scale per output row. Symmetric scales,
+            so every pruned weight stays exactly 0.
+        weight_quant_method: ``gptq`` (OBS column updates that keep the pruning mask; with ``sparsegpt`` one
+            joint sweep) or ``rtn`` (round to nearest). The command line calls it ``--quant-method``.
+        bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
+            choose from (default 4 and 8, the ones vLLM serves).
     """
 
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
@@ -226,6 +236,13 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     structured_damp: float = 0.01
     prune_kv_groups: bool | None = None
     head_sparsity: float | None = None
+    bits: float | None = None
+    group_size: int | None = 128
+    # Not ``quant_method``: transformers reads that attribute of every quantization config to choose the
+    # quantizer ("alpha_pruning" above), so the weight quantiser needs a name of its own.
+    weight_quant_method: str = "gptq"
+    bit_allocation: str = "alpha"
+    bit_choices: tuple[int, ...] = (4, 8)
     tokenizer: Any = None
     dataset: InitVar[Any] = None
 
@@ -280,6 +297,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
         self._check_structure()
+        check_quantization_config(self)
 
     def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
         """The config values a layer pruner declares in its ``options``."""
@@ -332,8 +350,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     @property
     def sparsifies_after_width(self) -> bool:
-        """Whether a width-pruned model is then pruned unstructured (or N:M)."""
-        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None)
+        """Whether a width-pruned model is then pruned unstructured (or N:M), or quantised."""
+        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None
+                                              or self.bits is not None)
 
     def unstructured_stage(self) -> "AlphaPruningConfig":
         """The config of the unstructured stage that follows width pruning."""
@@ -394,6 +413,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["epsilon_grid"] = list(self.epsilon_grid)
+        data["bit_choices"] = list(self.bit_choices)
         data["calibration_dataset"] = _json_value(self.calibration_dataset)
         data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data

@@ -31,7 +31,9 @@ from .models import base_model_id, load_model
 from .nm import check_nm_divisible, mixed_nm_counts
 from .owl import collect_outlier_ratios, owl_allocation
 from .pruning import LayerPruner, get_pruner_class
-from .pruning.magnitude import MagnitudePruner
+from .quantization.layer import quantising_pruner_class
+from .quantization.plan import check_quantizable, plan_bit_widths, quantization_summary
+from .quantization.state import forget_quantization, record_quantized, recorded_grids
 from .report import BlockReport, PruningReport, layer_sparsity
 from .statistics import collect_block_statistics
 
@@ -141,12 +143,8 @@ class AlphaPruner(OptimumQuantizer):
             return {matrix.name: float(config.sparsity) for matrix in matrices}, [None] * len(self.blocks)
         if config.allocation == "owl":
             return self._owl_targets(config, blocks, max_sparsity, show_progress)
-        report = self._esd_report  # None until an allocation first needs it
         names = [matrix.name for matrix in matrices]
-        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
-                or [spectrum.name for spectrum in report.matrices] != names):
-            report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
-                                  block_score=config.block_score, config=config)
+        report = self.spectra(config, names, show_progress)
         scores, counts = report.scores(config.metric, config.granularity)
         sparsities = allocate(
             scores, counts, config.sparsity, "alpha", epsilon=config.epsilon, max_sparsity=max_sparsity
@@ -158,6 +156,15 @@ class AlphaPruner(OptimumQuantizer):
             return {matrix.name: unit_of[matrix.block_index] for matrix in matrices}, block_scores
         by_name = {spectrum.name: s for spectrum, s in zip(report.matrices, sparsities)}
         return {name: by_name[name] for name in names}, block_scores
+
+    def spectra(self, config: AlphaPruningConfig, names: list[str], show_progress: bool = False) -> ESDReport:
+        """The ESD analysis of the matrices ``names`` with the config's fit options, reused when it matches."""
+        report = self._esd_report  # None until an allocation first needs it
+        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
+                or [spectrum.name for spectrum in report.matrices] != names):
+            report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
+                                  block_score=config.block_score, config=config)
+        return report
 
     def _owl_targets(self, config: AlphaPruningConfig, blocks: list[BlockWeights], max_sparsity: float,
                      show_progress: bool) -> tuple[dict[str, float], list[float | None]]:
@@ -266,6 +273,15 @@ class AlphaPruner(OptimumQuantizer):
         self.model.eval()
         try:
             pruner_cls = get_pruner_class(config.method)
+            forget_quantization(self.model)
+            widths = None
+            if config.bits is not None:  # prune, then quantise each matrix to its allocated width
+                matrices = [m for block in blocks for m in block.matrices]
+                check_quantizable(matrices, config)
+                widths = plan_bit_widths(config, blocks,
+                                         lambda: self.spectra(config, [m.name for m in matrices], show_progress))
+                pruner_cls = quantising_pruner_class(pruner_cls, widths, config.group_size,
+                                                     config.weight_quant_method)
             if pruner_cls.needs_calibration or config.allocation == "owl":
                 config.resolve_seqlen(max_positions(self.model))  # a too-long seqlen fails before any analysis
             targets, block_scores = self.allocate(config, show_progress, blocks)
@@ -286,8 +302,10 @@ class AlphaPruner(OptimumQuantizer):
                 if inputs is not None:
                     self._collect_statistics(index, matrices, pruners, inputs)
                 new_weights = self._prune_block(matrices, pruners, targets, config, report)
+                quantized = {name: p.quantized for name, p in pruners.items() if getattr(p, "quantized", None)}
                 with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                     self._write_block(index, matrices, new_weights, targets, blocks[index], block_scores, report)
+                    record_quantized(self.model, quantized)
                 if inputs is not None:
                     inputs.hidden_states = run_block(block, inputs, index)
                 report.blocks[-1].seconds = time.perf_counter() - block_start
@@ -295,6 +313,10 @@ class AlphaPruner(OptimumQuantizer):
         finally:
             self.model.train(was_training)
         report.completed = True
+        if widths is not None:
+            numels = {m.name: m.numel for block in blocks for m in block.matrices}
+            scale_bytes = next(iter(recorded_grids(self.model).values())).scales.element_size()
+            report.quantization = quantization_summary(config, widths, numels, scale_bytes)
         if report.pinned_blocks:
             logger.warning(
                 "Blocks %s are pinned at the sparsity cap (max_sparsity=%s): the allocation wanted more there and "
@@ -324,7 +346,7 @@ class AlphaPruner(OptimumQuantizer):
             pruner = pruners[matrix.name]
             if not pruner.calibrated:
                 report.uncalibrated.append(matrix.name)
-                pruner = MagnitudePruner(matrix.name)
+                pruner = pruners[matrix.name] = pruner.fallback()
             weight = matrix.read()  # finite: every block weight is checked before block 0
             target = targets[matrix.name]
             nm = (round((1.0 - target) * group), group) if group else None
@@ -364,10 +386,15 @@ class AlphaPruner(OptimumQuantizer):
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
         from .checkpoint.save import check_save_request
 
+        from .checkpoint.compressed_tensors import check_config_for_format, check_model_for_format
+
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
         config = AlphaPruningConfig(**kwargs)
         # Whatever save_pretrained would refuse (folder, format, shard size) is refused before pruning.
         check_save_request(save_dir, **save_kwargs)
+        fmt = save_kwargs.get("format", "sparse")
+        check_config_for_format(config, fmt)
+        check_model_for_format(self.block_weights(config), fmt)
         self.prune(config)
         return self.save_pretrained(save_dir, **save_kwargs)
 
@@ -398,13 +425,15 @@ class AlphaPruner(OptimumQuantizer):
             "calibration": report.calibration if report else {},
             "epsilon_search": report.epsilon_search if report else {},
             "structured": report.structured if report else [],
+            "quantization": report.quantization if report else {},
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
                         overwrite: bool | str = False) -> Path:
-        """Save the pruned model (``sparse`` bitmask or ``dense`` safetensors), tokenizer, metadata and card."""
+        """Save the pruned model (``sparse`` bitmask, ``dense`` safetensors, or ``compressed-tensors`` packed
+        integers after ``bits=``), tokenizer, metadata and card."""
         from .checkpoint import save_pruned
 
         path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,

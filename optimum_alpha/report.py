@@ -40,6 +40,8 @@ class PruningReport:
     uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
     # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
     structured: list[dict[str, Any]] = field(default_factory=list)
+    # bits set: method, widths per matrix, average and stored bits per weight (see quantization.plan)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_sparsity(self) -> float:

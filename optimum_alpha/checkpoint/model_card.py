@@ -25,6 +25,18 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _load_section(fmt: str, repo_hint: str) -> str:
+    if fmt == "compressed-tensors":
+        return f"""The block weights are integers packed in the compressed-tensors `pack-quantized` format (the one
+llm-compressor writes and vLLM serves); pruned weights are integer zeros inside them. **optimum-alpha is not
+needed**: transformers loads it once the `compressed-tensors` package is installed.
+
+```python
+# pip install transformers compressed-tensors
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
+```
+"""
     if fmt == "sparse":
         return f"""The weights are stored in the `alpha_sparse` bitmask format (kept values + packed bit
 mask per pruned Linear layer). **Loading needs `optimum-alpha`**: importing it registers the format
@@ -91,6 +103,22 @@ def _calibration_rows(calibration: dict[str, Any], search: dict[str, Any]) -> li
         rows.append(f"| ε (auto) | {search.get('chosen')}, lowest held-out perplexity on "
                     f"{search.get('heldout_windows')} windows of {search.get('heldout_source')} ({sweep}) |")
     return rows
+
+
+def _quantization_rows(quantization: dict[str, Any]) -> list[str]:
+    """Rows on the integer weights: how they were quantised, the widths, and what they cost on disk."""
+    if not quantization:
+        return []
+    widths = sorted(set((quantization.get("bits") or {}).values()))
+    group = quantization.get("group_size")
+    return [
+        f"| quantisation | {quantization.get('method')}, symmetric int, "
+        f"{'groups of ' + str(group) if group else 'one scale per row'}; widths {', '.join(map(str, widths))} "
+        f"({quantization.get('bit_allocation')} allocation) |",
+        f"| bits per quantised weight | {_fmt(quantization.get('average_bits'), 3)} average (budget "
+        f"{_fmt(quantization.get('bits_budget'), 3)}), {_fmt(quantization.get('bits_per_weight_with_scales'), 3)} "
+        "with scales |",
+    ]
 
 
 def _allocation_name(allocation: str, structure: str) -> str:
@@ -172,6 +200,7 @@ def build_model_card(
         removed = sum(b["removed_fraction"] * b["params"] for b in structured) / sum(b["params"] for b in structured)
         lines.append(f"| structure | width: whole attention heads and MLP channels removed, "
                      f"{_fmt(removed)} of the block weights |")
+    lines += _quantization_rows(metadata.get("quantization") or {})
     perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
     if perplexity_row:
         lines.append(perplexity_row)

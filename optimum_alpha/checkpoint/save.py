@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts, sigterm_as_interrupt
 from ..structured.checkpoint import add_width_quantization_config
+from .compressed_tensors import write_compressed_tensors
 from .model_card import build_model_card
 from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
 from .target import (
@@ -32,7 +33,7 @@ from .target import (
     put_in_place,
 )
 
-FORMATS = ("dense", "sparse")
+FORMATS = ("dense", "sparse", "compressed-tensors")
 CHART_FILE = "alpha_profile.png"
 
 
@@ -82,6 +83,23 @@ def check_save_request(
     target = Path(save_dir).expanduser().resolve()
     check_save_target(target, overwrite_mode(overwrite))
     return target
+
+
+def check_format_holds_model(model: nn.Module, fmt: str) -> None:
+    """Integer weights go to compressed-tensors only: dense/sparse would silently store them as floats."""
+    from ..quantization.state import recorded_grids
+    from .compressed_tensors import quantized_modules
+
+    if fmt == "compressed-tensors":
+        quantized_modules(model)
+        return
+    grids = recorded_grids(model)
+    if grids:
+        widths = sorted({grid.spec.bits for grid in grids.values()})
+        raise CheckpointError(
+            f"this model's block weights are quantised ({'/'.join(map(str, widths))}-bit) and format={fmt!r} "
+            "would store them as floats; save with format='compressed-tensors'."
+        )
 
 
 def _apply_umask(folder: Path) -> None:
@@ -209,7 +227,10 @@ def _write_folder(
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    if fmt == "sparse":
+    if fmt == "compressed-tensors":
+        with _without_gguf_state(model):
+            data["compressed_tensors"] = write_compressed_tensors(model, folder, max_shard_size)
+    elif fmt == "sparse":
         with _without_gguf_state(model), compress_while_saving(folder) as compressor:
             model.save_pretrained(folder, max_shard_size=max_shard_size)
         compressed = compress_folder(folder, compressor)
@@ -260,6 +281,7 @@ def save_pruned(
                 f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
             ) from error
     target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite)
+    check_format_holds_model(model, format)
     with sigterm_as_interrupt():
         staging: Path | None = None
         try:

@@ -71,6 +71,11 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "structured_refit": True,
     "head_sparsity": None,
     "prune_kv_groups": None,
+    "bits": None,
+    "group_size": 128,
+    "weight_quant_method": "gptq",
+    "bit_allocation": "alpha",
+    "bit_choices": (4, 8),
 }
 STRUCTURES = ("unstructured", "width")
 
@@ -128,6 +133,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "heads inside each group (default: off, except for multi-head attention)")
     parser.add_argument("--no-refit", dest="structured_refit", action="store_const", const=False, default=None,
                         help="with --structure width: only slice o_proj/down_proj, no least-squares refit (default: refit)")
+    _config_flag(parser, "--bits", "bits",
+                 "quantise the block weights to integers after pruning, with this average bit width "
+                 "(never exceeded; e.g. 4, or 4.5 over --bit-choices); needs --format compressed-tensors; "
+                 "--sparsity 0 quantises without pruning", type=float, metavar="B")
+    _config_flag(parser, "--group-size", "group_size",
+                 "inputs sharing one scale; 0 means one scale per output row", type=group_size_value, metavar="N")
+    _config_flag(parser, "--quant-method", "weight_quant_method",
+                 "gptq (keeps the pruning mask; one joint sweep with sparsegpt) or rtn (round to nearest)",
+                 choices=("gptq", "rtn"))
+    _config_flag(parser, "--bit-allocation", "bit_allocation",
+                 "alpha: lower-alpha blocks get the wider widths; uniform: no preference", choices=("alpha", "uniform"))
+    _config_flag(parser, "--bit-choices", "bit_choices", "bit widths to choose from", type=int, nargs="+",
+                 metavar="B")
     _config_flag(parser, "--calibration", "calibration_dataset",
                  "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
                  metavar="c4|wikitext2|PATH")
@@ -177,9 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("sparse", "dense"),
+        choices=("sparse", "dense", "compressed-tensors"),
         default="sparse",
-        help="sparse: compressed bitmask checkpoint; dense: plain safetensors any transformers can load",
+        help="sparse: compressed bitmask checkpoint; dense: plain safetensors any transformers can load; "
+        "compressed-tensors: packed integer weights (with --bits) that transformers and vLLM load",
     )
     parser.add_argument(
         "--max-shard-size",
@@ -195,6 +214,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
     add_eval_arguments(parser)
+
+
+def group_size_value(text: str) -> int:
+    """--group-size: a whole number >= 1, or 0 for one scale per row (group_size=None in the config)."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0: one scale per row), got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def epsilon_value(text: str) -> float | str:
@@ -215,6 +245,8 @@ def resolve_config(args: argparse.Namespace):
     values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
     given = {field: getattr(args, field) for field in CONFIG_DEFAULTS}
     values.update({field: value for field, value in given.items() if value is not None})
+    if values.get("group_size") == 0:  # --group-size 0: one scale per row
+        values["group_size"] = None
     values.pop("quant_method", None)
     config = AlphaPruningConfig.from_dict(values)
     pattern = config.nm_pattern
@@ -312,6 +344,9 @@ def check_before_loading(args: argparse.Namespace):
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
     check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
+    from ..checkpoint.compressed_tensors import check_config_for_format
+
+    check_config_for_format(config, args.format)
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -349,6 +384,9 @@ def run(args: argparse.Namespace) -> int:
         from ..pruner import AlphaPruner
 
         pruner = AlphaPruner.from_pretrained(args.model, show_progress=show, **load_kwargs(args))
+    from ..checkpoint.compressed_tensors import check_model_for_format
+
+    check_model_for_format(pruner.block_weights(config), args.format)  # before any slow work on the weights
     ppl: dict[str, Any] = {}
     if args.eval:
         from ..evaluate import evaluation_protocol
