@@ -75,7 +75,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "group_size": 128,
     "weight_quant_method": "gptq",
     "bit_allocation": "alpha",
-    "bit_choices": (4, 8),
+    "bit_choices": [4, 8],
 }
 STRUCTURES = ("unstructured", "width")
 
