@@ -17,7 +17,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AlphaPruner": ".pruner",
     "AlphaPruningConfig": ".configuration",
+    "RecoveryConfig": ".recovery",
     "load_pruned": ".checkpoint",
+    "recover": ".recovery",
     "save_pruned": ".checkpoint",
 }
 
@@ -36,4 +38,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["AlphaPruner", "AlphaPruningConfig", "__version__", "load_pruned", "save_pruned"]
+__all__ = ["AlphaPruner", "AlphaPruningConfig", "RecoveryConfig", "__version__", "load_pruned", "recover",
+           "save_pruned"]

@@ -18,6 +18,7 @@ from .allocation import check_epsilon, check_sparsity
 from .data import SAMPLINGS
 from .errors import ConfigError
 from .esd import BLOCK_SCORES, METRICS, canonical_metric
+from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
 from .pruning.alps import check_alps_options
@@ -148,6 +149,10 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         max_sparsity: no unit gets more than this; the remainder is redistributed so the total stays exact.
         granularity: allocate per ``block`` (paper default) or per ``matrix``.
         fix_finger: ``reference`` (authors' code) or ``strict`` xmin window of the Hill fit.
+        esd_sampling: ``full`` (each whole matrix) or ``farms`` (FARMS, arXiv 2506.06280: eigenvalues of
+            ``farms_rows`` x ``farms_q_ratio·farms_rows`` windows on a grid of ``farms_ops_per_dim`` starts per
+            dimension, pooled, xmin at their middle; removes the aspect-ratio bias of the alphas). Applies to
+            every metric and every allocation that reads the ESD.
         calibration_dataset: ``c4``/``wikitext2``, a local text/json/jsonl/parquet file or a ``datasets`` Dataset.
             ``c4`` is the references' C4 training shard when the Hub is reachable, else the shipped sample.
         calibration_sampling: ``document`` (the references: each window at a random offset inside one document
@@ -213,6 +218,10 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     max_sparsity: float = 0.99
     granularity: str = "block"
     fix_finger: str = "reference"
+    esd_sampling: str = "full"
+    farms_rows: int = 100
+    farms_q_ratio: float = 2.0
+    farms_ops_per_dim: int = 10
     calibration_dataset: Any = "c4"
     calibration_sampling: str = "document"
     nsamples: int | None = None
@@ -265,6 +274,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"Unknown granularity {self.granularity!r}; use 'block' or 'matrix'.")
         if self.fix_finger not in ("reference", "strict"):
             raise ConfigError(f"Unknown fix_finger {self.fix_finger!r}; use 'reference' or 'strict'.")
+        check_esd_sampling(self.esd_sampling)
+        self.farms_options  # validates the FARMS grid
         check_sparsity(float(self.sparsity), float(self.max_sparsity))
         self._check_epsilon()
         if self.calibration_sampling not in SAMPLINGS:
@@ -298,6 +309,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
         self._check_structure()
         check_quantization_config(self)
+
+    @property
+    def farms_options(self) -> FarmsOptions:
+        """The FARMS sampling grid of ``esd_sampling="farms"``."""
+        return FarmsOptions(self.farms_rows, self.farms_q_ratio, self.farms_ops_per_dim)
 
     def pruner_options(self, option_names: tuple[str, ...]) -> dict[str, Any]:
         """The config values a layer pruner declares in its ``options``."""

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ModelStructureError
+from .esd_sampling import FarmsOptions, check_esd_sampling, farms_eigenvalues, mid_hill_fit
 from .matrices import PrunableMatrix, model_weights
 from .model_utils import check_finite
 
@@ -157,9 +158,18 @@ def hill_fit(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", nam
     return HillFit(alpha=float(alphas[best]), xmin=float(lam[i]), ks_distance=float(ks[best]), n_tail=n_total - i)
 
 
-def spectrum_metrics(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix"):
-    """All metrics of one spectrum, plus its Hill fit (for xmin / KS reporting)."""
-    fit = hill_fit(eigenvalues, fix_finger=fix_finger, name=name)
+def farms_hill_fit(eigenvalues: torch.Tensor, name: str = "matrix") -> HillFit:
+    """FARMS's Hill fit of a pooled spectrum: xmin at the middle of its non-zero eigenvalues (``xmin_mid``)."""
+    lam = nonzero_eigenvalues(torch.sort(eigenvalues.to(torch.float64)).values, name)
+    alpha, xmin, ks, n_tail = mid_hill_fit(lam)
+    return HillFit(alpha=alpha, xmin=xmin, ks_distance=ks, n_tail=n_tail)
+
+
+def spectrum_metrics(eigenvalues: torch.Tensor, fix_finger: FixFinger = "reference", name: str = "matrix",
+                     fit: HillFit | None = None):
+    """All metrics of one spectrum, plus its Hill fit (for xmin / KS reporting); ``fit`` replaces the
+    fix-finger fit (FARMS fits its pooled spectrum with :func:`farms_hill_fit`)."""
+    fit = fit if fit is not None else hill_fit(eigenvalues, fix_finger=fix_finger, name=name)
     lam = nonzero_eigenvalues(eigenvalues.to(torch.float64), name)
     total = float(lam.sum())
     lam_max = float(lam.max())
@@ -212,6 +222,8 @@ class ESDReport:
     fix_finger: str = "reference"
     blocks_path: str = ""
     block_score: str = "mean"
+    esd_sampling: str = "full"
+    farms: dict = field(default_factory=dict)  # FarmsOptions of a FARMS analysis
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -239,6 +251,8 @@ class ESDReport:
             "fix_finger": self.fix_finger,
             "blocks_path": self.blocks_path,
             "block_score": self.block_score,
+            "esd_sampling": self.esd_sampling,
+            "farms": dict(self.farms),
             "matrices": [asdict(m) for m in self.matrices],
             "blocks": [asdict(b) for b in self.blocks],
         }
@@ -258,7 +272,14 @@ class ESDReport:
                     for m in data["matrices"]]
         blocks = [BlockSpectrum(**{**b, "metrics": renamed(b["metrics"])}) for b in data.get("blocks", [])]
         return cls(matrices, blocks, data.get("fix_finger", "reference"), data.get("blocks_path", ""),
-                   data.get("block_score", "mean"))
+                   data.get("block_score", "mean"), data.get("esd_sampling", "full"), data.get("farms", {}))
+
+    def matches(self, fix_finger: str, block_score: str, esd_sampling: str = "full",
+                farms: FarmsOptions | None = None) -> bool:
+        """Whether this analysis was made with these settings (else it must be re-run)."""
+        wanted_farms = (farms or FarmsOptions()).to_dict() if esd_sampling == "farms" else {}
+        return (self.fix_finger, self.block_score, self.esd_sampling, dict(self.farms)) == (
+            fix_finger, block_score, esd_sampling, wanted_farms)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "ESDReport":
@@ -296,9 +317,17 @@ def analyze(
     show_progress: bool = True,
     matrices: Iterable[PrunableMatrix] | None = None,
     block_score: str = "mean",
+    esd_sampling: str = "full",
+    farms: FarmsOptions | None = None,
 ) -> ESDReport:
     """ESD metrics of every prunable matrix inside the transformer blocks (embeddings/LM head excluded):
-    Linear/Conv1D weights and each expert's slices of fused expert parameters; routers stay out."""
+    Linear/Conv1D weights and each expert's slices of fused expert parameters; routers stay out.
+
+    ``esd_sampling="full"`` analyses each whole matrix (fix-finger ``fix_finger``); ``"farms"`` pools the
+    eigenvalues of fixed-aspect-ratio windows (:mod:`optimum_alpha.esd_sampling`, options ``farms``) and fits
+    them with xmin at the middle of the pooled spectrum (``fix_finger`` is not used)."""
+    check_esd_sampling(esd_sampling)
+    farms = farms or FarmsOptions()
     wanted = tuple(dict.fromkeys(canonical_metric(m) for m in metrics)) if metrics else METRICS
     unknown = [m for m in wanted if m not in METRICS]
     if unknown:
@@ -310,8 +339,12 @@ def analyze(
     for matrix in tqdm(list(matrices), desc="ESD analysis", unit="matrix", disable=not show_progress):
         weight = matrix.read()
         check_finite(weight, matrix.name)
-        eigenvalues = matrix_eigenvalues(weight)
-        values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=matrix.name)
+        if esd_sampling == "farms":
+            eigenvalues = farms_eigenvalues(weight, farms)
+            given_fit = farms_hill_fit(eigenvalues, matrix.name)
+        else:
+            eigenvalues, given_fit = matrix_eigenvalues(weight), None
+        values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=matrix.name, fit=given_fit)
         results.append(
             MatrixSpectrum(
                 block_index=matrix.block_index,
@@ -324,4 +357,5 @@ def analyze(
                 metrics={k: values[k] for k in wanted},
             )
         )
-    return ESDReport(results, fix_finger=fix_finger, blocks_path=path, block_score=block_score)
+    return ESDReport(results, fix_finger=fix_finger, blocks_path=path, block_score=block_score,
+                     esd_sampling=esd_sampling, farms=farms.to_dict() if esd_sampling == "farms" else {})

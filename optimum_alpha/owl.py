@@ -12,7 +12,7 @@ second copy of the model is needed: each block sees the dense outputs of the blo
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -52,33 +52,53 @@ def block_outlier_ratio(matrices: Sequence[PrunableMatrix], statistics: dict[str
     return above / count
 
 
+BlockScore = Callable[[Sequence[PrunableMatrix], dict[str, InputSquaredNorms]], float]
+
+
 @torch.no_grad()
-def collect_outlier_ratios(blocks: Sequence[nn.Module], block_matrices: Sequence[Sequence[PrunableMatrix]],
-                           inputs: BlockInputs, threshold: float, show_progress: bool = False) -> list[float]:
-    """One dense pass: for each block, the outlier ratio D; ``inputs`` ends holding the last block's outputs."""
-    ratios = []
-    for index, block in enumerate(tqdm(blocks, desc="OWL outliers", unit="block", disable=not show_progress)):
+def collect_block_scores(blocks: Sequence[nn.Module], block_matrices: Sequence[Sequence[PrunableMatrix]],
+                         inputs: BlockInputs, score: BlockScore, desc: str = "Block scores",
+                         show_progress: bool = False) -> list[float]:
+    """One dense pass: for each block, ``score(matrices, input statistics)``; ``inputs`` ends holding the last
+    block's outputs. Shared by the allocations that score blocks from weights and activations (OWL, DLP)."""
+    scores = []
+    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not show_progress)):
         statistics = {m.name: InputSquaredNorms() for m in block_matrices[index]}
         outputs = collect_block_statistics(block, index, block_matrices[index], statistics, inputs,
                                            keep_outputs=True)
-        ratios.append(block_outlier_ratio(block_matrices[index], statistics, threshold))
+        scores.append(score(block_matrices[index], statistics))
         inputs.hidden_states = outputs
-    return ratios
+    return scores
+
+
+def collect_outlier_ratios(blocks: Sequence[nn.Module], block_matrices: Sequence[Sequence[PrunableMatrix]],
+                           inputs: BlockInputs, threshold: float, show_progress: bool = False) -> list[float]:
+    """One dense pass: for each block, the outlier ratio D; ``inputs`` ends holding the last block's outputs."""
+    return collect_block_scores(blocks, block_matrices, inputs,
+                                lambda matrices, stats: block_outlier_ratio(matrices, stats, threshold),
+                                "OWL outliers", show_progress)
+
+
+def spread_allocation(values: Sequence[float], param_counts: Sequence[int], sparsity: float, half_width: float,
+                      max_sparsity: float = 0.99) -> list[float]:
+    """OWL's rule on any per-block value v: with v′ = (v − v_min)/(v_max − v_min)·2λ, sparsity S + mean(v′) − v′
+    (higher value, lower sparsity), then an exact parameter-weighted total within [0, max_sparsity]."""
+    check_sparsity(sparsity, max_sparsity)
+    if len(values) == 0:
+        raise ConfigError("Nothing to allocate: no blocks were given.")
+    if sparsity == 0:
+        return [0.0] * len(values)
+    low, high = min(values), max(values)
+    spread = [0.0 if high == low else (v - low) / (high - low) * 2 * half_width for v in values]
+    mean = sum(spread) / len(spread)
+    levels = [sparsity + mean - v for v in spread]
+    # A common offset (0 when blocks have equal sizes and no bound is hit, i.e. the rule's values exactly) makes
+    # the parameter-weighted total exact; units past [0, max_sparsity] are pinned and the rest absorb it.
+    return fit_to_budget(levels, param_counts, sparsity, max_sparsity, mode="shift")
 
 
 def owl_allocation(outlier_ratios: Sequence[float], param_counts: Sequence[int], sparsity: float,
                    lam: float = 0.08, max_sparsity: float = 0.99) -> list[float]:
     """Block sparsities from outlier ratios: OWL's rule, then an exact parameter-weighted total within bounds."""
-    check_sparsity(sparsity, max_sparsity)
     check_owl_lambda(lam)
-    if len(outlier_ratios) == 0:
-        raise ConfigError("Nothing to allocate: no blocks were given.")
-    if sparsity == 0:
-        return [0.0] * len(outlier_ratios)
-    low, high = min(outlier_ratios), max(outlier_ratios)
-    spread = [0.0 if high == low else (d - low) / (high - low) * 2 * lam for d in outlier_ratios]
-    mean = sum(spread) / len(spread)
-    owl = [sparsity + mean - d for d in spread]
-    # A common offset (0 when blocks have equal sizes and no bound is hit, i.e. OWL's values exactly) makes
-    # the parameter-weighted total exact; units past [0, max_sparsity] are pinned and the rest absorb it.
-    return fit_to_budget(owl, param_counts, sparsity, max_sparsity, mode="shift")
+    return spread_allocation(outlier_ratios, param_counts, sparsity, lam, max_sparsity)

@@ -53,6 +53,7 @@ class AlphaPruner(OptimumQuantizer):
         self.blocks_path, self.blocks = find_blocks(model)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
         self.saved_path: Path | None = None
+        self.recovery_report: Any = None  # set by recover()
 
     @classmethod
     def from_pretrained(
@@ -107,8 +108,9 @@ class AlphaPruner(OptimumQuantizer):
         """Run (or re-run with another fix-finger mode) the ESD analysis of the current weights, over the
         prunable matrices (``config.ignore`` / ``prune_routers`` decide which)."""
         matrices = [m for block in self.block_weights(config) for m in block.matrices]
+        sampling = {"esd_sampling": config.esd_sampling, "farms": config.farms_options} if config else {}
         self._esd_report = analyze(self.model, fix_finger=fix_finger, show_progress=show_progress,  # type: ignore[arg-type]
-                                   matrices=matrices, block_score=block_score)
+                                   matrices=matrices, block_score=block_score, **sampling)
         return self._esd_report
 
     def block_weights(self, config: AlphaPruningConfig | None = None) -> list[BlockWeights]:
@@ -160,7 +162,8 @@ class AlphaPruner(OptimumQuantizer):
     def spectra(self, config: AlphaPruningConfig, names: list[str], show_progress: bool = False) -> ESDReport:
         """The ESD analysis of the matrices ``names`` with the config's fit options, reused when it matches."""
         report = self._esd_report  # None until an allocation first needs it
-        if (report is None or report.fix_finger != config.fix_finger or report.block_score != config.block_score
+        if (report is None or not report.matches(config.fix_finger, config.block_score, config.esd_sampling,
+                                                 config.farms_options)
                 or [spectrum.name for spectrum in report.matrices] != names):
             report = self.analyze(fix_finger=config.fix_finger, show_progress=show_progress,
                                   block_score=config.block_score, config=config)
@@ -381,6 +384,13 @@ class AlphaPruner(OptimumQuantizer):
             )
         )
 
+    def recover(self, config: Any = None, teacher: Any = None, show_progress: bool = True):
+        """After :meth:`prune`: distillation / fine-tuning that keeps every pruned zero (``RecoveryConfig``);
+        ``teacher`` defaults to the dense model loaded again from this pruner's source. See docs/recovery.md."""
+        from .recovery.after_prune import recover_pruned
+
+        return recover_pruned(self, config, teacher, show_progress)
+
     # ------------------------------------------------------------------------------------- optimum API
     def quantize(self, save_dir: str | Path, file_prefix: str | None = None, **kwargs: Any) -> Path:
         """optimum's entry point: prune with ``AlphaPruningConfig(**kwargs)`` and save to ``save_dir``."""
@@ -428,6 +438,7 @@ class AlphaPruner(OptimumQuantizer):
             "quantization": report.quantization if report else {},
             "perplexity": dict(self.perplexity),
             "esd_blocks": [b.metrics for b in self._esd_report.blocks] if self._esd_report else [],
+            **({"recovery": self.recovery_report.to_dict()} if self.recovery_report is not None else {}),
         }
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",

@@ -151,6 +151,23 @@ def _perplexity_row(perplexity: dict[str, Any]) -> str | None:
             f"pruned {_fmt(perplexity.get('pruned'), 2)} |")
 
 
+def _recovery_rows(recovery: dict[str, Any]) -> list[str]:
+    """What the recovery after pruning did (objective, method, data, tokens) and what it bought."""
+    if not recovery:
+        return []
+    config = recovery.get("config") or {}
+    data = recovery.get("data") or {}
+    rows = [f"| recovery | {config.get('objective', '?')} objective, {config.get('method', '?')} fine-tuning, "
+            f"{recovery.get('steps', '?')} steps, {recovery.get('tokens', '?')} tokens of {data.get('source', '?')}; "
+            "pruned weights kept at zero |"]
+    ppl = recovery.get("perplexity") or {}
+    if ppl.get("after") is not None:
+        rows.append(f"| perplexity after recovery ({ppl.get('dataset')}, {ppl.get('windows')} windows x "
+                    f"{ppl.get('seqlen')} tokens) | before {_fmt(ppl.get('before'), 2)} -> after "
+                    f"{_fmt(ppl.get('after'), 2)} |")
+    return rows
+
+
 def build_model_card(
     metadata: dict[str, Any], *, fmt: str, chart_file: str | None, repo_hint: str = LOCAL_HINT
 ) -> ModelCard:
@@ -204,6 +221,7 @@ def build_model_card(
     perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
     if perplexity_row:
         lines.append(perplexity_row)
+    lines += _recovery_rows(metadata.get("recovery") or {})
     pinned = metadata.get("pinned_blocks") or []
     if pinned:
         lines.append(f"| blocks pinned at the sparsity cap | {', '.join(str(i) for i in pinned)} |")

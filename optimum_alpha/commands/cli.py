@@ -15,12 +15,12 @@ import sys
 from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
-from . import analyze, evaluate, prune, push
+from . import analyze, evaluate, prune, push, recover
 from .common import add_verbosity_arguments
 
 USAGE_ERROR = 2
 INTERRUPTED = INTERRUPTED_EXIT_CODE
-SUBCOMMANDS = (analyze, prune, evaluate, push)
+SUBCOMMANDS = (analyze, prune, evaluate, push, recover)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -61,7 +61,7 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Run '<command> --help' for the flags of each command."
     )
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", metavar="{analyze,prune,eval,push}", parser_class=OneLineErrorParser
+        title="commands", dest="command", metavar="{analyze,prune,eval,push,recover}", parser_class=OneLineErrorParser
     )
     subparsers.required = True
     for module in SUBCOMMANDS:
