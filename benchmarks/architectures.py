@@ -1,6 +1,6 @@
 """The supported-architecture table of docs/architectures.md, measured on the families the tests use.
 
-For each tiny random model of ``tests/architectures.py`` (4 blocks, hidden 64, float32): the largest
+For each tiny random model of ``optimum_alpha/testing/architectures.py`` (4 blocks, hidden 64, float32): the largest
 difference between the replayed block outputs and the model's own forward, the share of block weight
 parameters that are pruned or kept dense on purpose (1.00 = nothing silently skipped), the achieved sparsity
 of a 50 % magnitude + alpha run over the pruned matrices and over every block weight, and whether the
@@ -19,12 +19,10 @@ from typing import Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+from optimum_alpha.testing.architectures import FAMILIES, build
 
-from architectures import FAMILIES, build  # noqa: E402
-
+if __package__ in (None, ""):  # run as a script: make the sibling benchmarks package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import markdown_table  # noqa: E402
 
 

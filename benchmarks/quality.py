@@ -61,18 +61,18 @@ def unbounded_sparsities(scores: Sequence[float], counts: Sequence[int], sparsit
 @contextlib.contextmanager
 def reference_allocation() -> Iterator[None]:
     """Swap the pruner's bounded allocation for the unbounded one (a unit past 100 % is emptied)."""
-    import optimum_alpha.pruner as pruner_module
+    import optimum_alpha.allocations.alpha as alpha_module
 
-    original = pruner_module.allocate
+    original = alpha_module.alpha_allocation
 
-    def allocate(scores, counts, sparsity, method="alpha", epsilon=0.3, max_sparsity=1.0):
+    def allocate(scores, counts, sparsity, epsilon=0.3, max_sparsity=1.0):
         return [min(s, 1.0) for s in unbounded_sparsities(scores, counts, sparsity, epsilon)]
 
-    pruner_module.allocate = allocate
+    alpha_module.alpha_allocation = allocate
     try:
         yield
     finally:
-        pruner_module.allocate = original
+        alpha_module.alpha_allocation = original
 
 
 class Runner:

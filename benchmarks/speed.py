@@ -193,10 +193,10 @@ def _timed(bucket: dict[str, float], label: Callable[..., str] | str) -> Callabl
 
 @contextlib.contextmanager
 def stage_timers(method: str) -> Iterator[dict[str, float]]:
-    """Time the pruning stages of ``AlphaPruner.prune`` by wrapping what it calls."""
-    import optimum_alpha.pruner as pruner_module
+    """Time the pruning stages of ``AlphaPruner.prune`` by wrapping what its stage modules call."""
+    import optimum_alpha.calibration as calibration_module
     import optimum_alpha.statistics as statistics_module
-    from optimum_alpha.pruner import AlphaPruner
+    import optimum_alpha.unstructured as unstructured_module
     from optimum_alpha.pruning import get_pruner_class
 
     layer_cls = get_pruner_class(method)
@@ -206,14 +206,14 @@ def stage_timers(method: str) -> Iterator[dict[str, float]]:
         return "propagation" if keep_outputs else "statistics_forward"
 
     patches = [
-        (pruner_module, "sample_calibration", _timed(times, "calibration_io")),
-        (pruner_module, "capture_block_inputs", _timed(times, "capture")),
-        (pruner_module, "run_block", _timed(times, run_block_label)),
+        (calibration_module, "sample_calibration", _timed(times, "calibration_io")),
+        (calibration_module, "capture_block_inputs", _timed(times, "capture")),
+        (unstructured_module, "run_block", _timed(times, run_block_label)),
         (statistics_module, "run_block", _timed(times, run_block_label)),
         (layer_cls, "add_batch", _timed(times, "statistics_accumulate")),
         (layer_cls, "prune", _timed(times, "mask_solver")),
-        (AlphaPruner, "_write_block", _timed(times, "write")),
-        (AlphaPruner, "allocate", _timed(times, "allocation")),
+        (unstructured_module, "write_block", _timed(times, "write")),
+        (unstructured_module, "compute_targets", _timed(times, "allocation")),
     ]
     with contextlib.ExitStack() as stack:
         for owner, name, factory in patches:

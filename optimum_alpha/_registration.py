@@ -17,17 +17,48 @@ from types import ModuleType
 from typing import Any
 
 REGISTRY = "transformers.quantizers.auto"
+# Each registers its quant_method through checkpoint/hf_registration.register_method when imported.
+PLUGIN_MODULES = (
+    "optimum_alpha.checkpoint.quantizer",  # alpha_sparse: bitmask checkpoints
+    "optimum_alpha.structured.checkpoint",  # alpha_width: blocks of different widths
+    "optimum_alpha.checkpoint.prune_on_load",  # alpha_pruning: prune inside from_pretrained
+)
+
+
+HELPER = "optimum_alpha.checkpoint.hf_registration"
+_pending = False
+
+
+def _helper_initialising() -> bool:
+    module = sys.modules.get(HELPER)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def run_pending() -> None:
+    """Called by the registration helper once it is whole: the registrations its own import deferred."""
+    global _pending
+    if _pending:
+        _pending = False
+        _import_plugins()
 
 
 def register_all() -> None:
-    """Register both quantizers with transformers (idempotent).
+    """Register our quantizers with transformers (idempotent).
 
     Each quantizer module registers itself when its import completes, so importing them is all it takes.
     When one of them is what triggered the registry import (it imports ``transformers.quantizers.base``),
     ``import_module`` hands back the half-initialised module and the module registers itself once done.
     """
-    import_module("optimum_alpha.checkpoint.quantizer")
-    import_module("optimum_alpha.checkpoint.prune_on_load")
+    global _pending
+    if _helper_initialising():  # its import of transformers triggered us: the plug-ins need it whole first
+        _pending = True
+        return
+    _import_plugins()
+
+
+def _import_plugins() -> None:
+    for module in PLUGIN_MODULES:
+        import_module(module)
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):

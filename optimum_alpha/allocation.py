@@ -1,4 +1,4 @@
-"""Layer-wise sparsity allocation: turn one score per unit (block or matrix) into one sparsity per unit.
+"""The allocation arithmetic: turn one score per unit (block or matrix) into one sparsity per unit.
 
 ``alpha`` is the AlphaPruning mapping (paper eq. 4): scores are mapped linearly onto ratios in
 [1 - ε, 1 + ε] (low score, i.e. heavy-tailed, gets the low ratio) and scaled by η so that the
@@ -13,9 +13,6 @@ import math
 from typing import Sequence
 
 from .errors import ConfigError
-
-ALLOCATIONS = ("uniform", "alpha")
-
 
 def check_sparsity(sparsity: float, max_sparsity: float = 0.99) -> None:
     if not 0.0 <= sparsity < 1.0:
@@ -112,20 +109,15 @@ def fit_to_budget(
     return clipped(x)
 
 
-def allocate(
+def alpha_allocation(
     scores: Sequence[float],
     param_counts: Sequence[int],
     sparsity: float,
-    method: str = "alpha",
     epsilon: float = 0.3,
     max_sparsity: float = 0.99,
 ) -> list[float]:
-    """One sparsity per unit whose parameter-weighted mean equals ``sparsity`` (to float precision)."""
+    """AlphaPruning: one sparsity per unit, parameter-weighted mean exactly ``sparsity`` (to float precision)."""
     check_sparsity(sparsity, max_sparsity)
     if len(scores) == 0:
         raise ConfigError("Nothing to allocate: no units (blocks or matrices) were given.")
-    if method == "uniform":
-        return [float(sparsity)] * len(scores)
-    if method == "alpha":
-        return fit_to_budget(alpha_ratios(scores, epsilon), param_counts, sparsity, max_sparsity)
-    raise ConfigError(f"Unknown allocation {method!r}; choose one of {', '.join(ALLOCATIONS)} (or 'owl').")
+    return fit_to_budget(alpha_ratios(scores, epsilon), param_counts, sparsity, max_sparsity)

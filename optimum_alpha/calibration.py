@@ -10,11 +10,18 @@ first), so thirty blocks that receive the same mask store it once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from .data import sample_calibration
+from .errors import CalibrationDataError
+from .model_utils import max_positions
+
+logger = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
@@ -179,3 +186,34 @@ def run_block(block: nn.Module, inputs: BlockInputs, block_index: int,
         if keep_outputs:
             outputs.append(out.detach())
     return outputs
+
+
+def calibration_inputs(model: nn.Module, blocks: Sequence[nn.Module], tokenizer: Any, config: Any,
+                       purpose: str | None = None) -> tuple[BlockInputs, dict[str, Any]]:
+    """Sample the config's calibration windows and capture what every block receives; returns the inputs and
+    how they were made (what the report and the model card record). ``purpose`` names who needs the text in
+    the error raised when the model has no tokenizer."""
+    if tokenizer is None:
+        who = purpose or f"Method {config.method!r}"
+        raise CalibrationDataError(
+            f"{who} needs calibration text, hence a tokenizer, and this model has none; pass tokenizer= to "
+            "AlphaPruner.from_pretrained, or use method='magnitude' with allocation='alpha' or 'uniform'."
+        )
+    seqlen = config.resolve_seqlen(max_positions(model))
+    sample = sample_calibration(tokenizer, config.calibration_dataset, config.nsamples, seqlen, config.seed,
+                                config.calibration_sampling)
+    for notice in sample.notices:
+        logger.warning("Calibration: %s", notice)
+    ids = sample.ids
+    inputs = capture_block_inputs(model, blocks, ids)
+    details = {
+        "dataset": config.to_dict()["calibration_dataset"],
+        "nsamples": int(ids.shape[0]),
+        "seqlen": seqlen,
+        "seed": config.seed,
+        "tokens": int(ids.numel()),
+        **sample.describe(),
+    }
+    logger.info("Calibration: %d windows of %d tokens from %s (%s sampling)", details["nsamples"], seqlen,
+             sample.source, sample.sampling)
+    return inputs, details

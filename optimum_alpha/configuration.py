@@ -15,36 +15,29 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
-from .data import SAMPLINGS
+from .allocations import get_allocation
 from .errors import ConfigError
-from .esd import BLOCK_SCORES, METRICS, canonical_metric
 from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
 from .nm import check_mixed_sparsity
-from .pruning.alps import check_alps_options
+from .options import (
+    AUTO,
+    BLOCK_SCORES,
+    FIX_FINGERS,
+    GRANULARITIES,
+    METRICS,
+    MIXED_NM_PREFIX,
+    SAMPLINGS,
+    STRUCTURES,
+    canonical_metric,
+    default,
+    resolve_seqlen,
+)
+from .pruning import get_pruner_class
 from .quantization.plan import check_quantization_config
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
-ALLOCATION_METHODS = ("uniform", "alpha", "owl")
-GRANULARITIES = ("block", "matrix")
-STRUCTURES = ("unstructured", "width")
-DEFAULT_MAX_SEQLEN = 2048
-MIXED_NM_PREFIX = "mixed:"
-AUTO = "auto"
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
 QUANT_METHOD = "alpha_pruning"
-
-
-def check_owl_threshold(threshold: float) -> None:
-    if not threshold > 0:
-        raise ConfigError(f"owl_threshold (OWL's M) must be > 0, got {threshold}; the OWL paper uses 5.")
-
-
-def check_owl_lambda(lam: float) -> None:
-    if not 0 <= lam <= 0.5:
-        raise ConfigError(
-            f"owl_lambda (half-width of OWL's sparsity spread) must be in [0, 0.5], got {lam}; OWL uses 0.08."
-        )
 
 
 def parse_mixed_nm(nm: str | None) -> int | None:
@@ -197,10 +190,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         bits: quantise the block weights to integers after (or jointly with) pruning, with this average bit
             width over the quantised weights (parameter-weighted, never exceeded); None: keep float weights.
             ``sparsity=0`` quantises without pruning. See docs/quantisation.md.
-        group_size: inputs sharing one scale (default 128); None: one scale per output row. Symmetric scales,
-            so every pruned weight stays exactly 0.
+        group_size: inputs sharing one scale (default 128); None (or 0): one scale per output row. Symmetric
+            scales, so every pruned weight stays exactly 0.
         weight_quant_method: ``gptq`` (OBS column updates that keep the pruning mask; with ``sparsegpt`` one
-            joint sweep) or ``rtn`` (round to nearest). The command line calls it ``--quant-method``.
+            joint sweep) or ``rtn`` (round to nearest). Not ``quant_method``, which transformers reads to pick
+            the quantizer (``"alpha_pruning"``); the command line calls it ``--quant-method``.
         bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
             choose from (default 4 and 8, the ones vLLM serves).
     """
@@ -208,51 +202,49 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
     quant_method: str = field(default=QUANT_METHOD, init=False)
 
-    sparsity: float = 0.5
-    method: str = "wanda"
-    allocation: str = "alpha"
-    metric: str = "alpha_hill"
-    epsilon: float | str = 0.3
-    epsilon_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
-    heldout: int = 8
-    max_sparsity: float = 0.99
-    granularity: str = "block"
-    fix_finger: str = "reference"
-    esd_sampling: str = "full"
-    farms_rows: int = 100
-    farms_q_ratio: float = 2.0
-    farms_ops_per_dim: int = 10
-    calibration_dataset: Any = "c4"
-    calibration_sampling: str = "document"
-    nsamples: int | None = None
-    seqlen: int | None = None
-    seed: int = 0
-    nm: str | None = None
-    owl_threshold: float = 5.0
-    owl_lambda: float = 0.08
-    percdamp: float = 0.01
-    blocksize: int = 128
-    alps_rho: float = 0.1
-    alps_max_iter: int = 300
-    alps_pcg_iters: int = 10
-    alps_pcg_tol: float = 1e-4
-    ignore: list[str] | None = None
-    prune_routers: bool = False
-    block_score: str = "mean"
-    structure: str = "unstructured"
-    unstructured_sparsity: float | None = None
-    structured_refit: bool = True
-    structured_damp: float = 0.01
-    prune_kv_groups: bool | None = None
-    head_sparsity: float | None = None
-    bits: float | None = None
-    group_size: int | None = 128
-    # Not ``quant_method``: transformers reads that attribute of every quantization config to choose the
-    # quantizer ("alpha_pruning" above), so the weight quantiser needs a name of its own.
-    weight_quant_method: str = "gptq"
-    bit_allocation: str = "alpha"
-    bit_choices: tuple[int, ...] = (4, 8)
-    tokenizer: Any = None
+    sparsity: float = default("sparsity")
+    method: str = default("method")
+    allocation: str = default("allocation")
+    metric: str = default("metric")
+    epsilon: float | str = default("epsilon")
+    epsilon_grid: tuple[float, ...] = default("epsilon_grid")
+    heldout: int = default("heldout")
+    max_sparsity: float = default("max_sparsity")
+    granularity: str = default("granularity")
+    fix_finger: str = default("fix_finger")
+    esd_sampling: str = default("esd_sampling")
+    farms_rows: int = default("farms_rows")
+    farms_q_ratio: float = default("farms_q_ratio")
+    farms_ops_per_dim: int = default("farms_ops_per_dim")
+    calibration_dataset: Any = default("calibration_dataset")
+    calibration_sampling: str = default("calibration_sampling")
+    nsamples: int | None = default("nsamples")
+    seqlen: int | None = default("seqlen")
+    seed: int = default("seed")
+    nm: str | None = default("nm")
+    owl_threshold: float = default("owl_threshold")
+    owl_lambda: float = default("owl_lambda")
+    percdamp: float = default("percdamp")
+    blocksize: int = default("blocksize")
+    alps_rho: float = default("alps_rho")
+    alps_max_iter: int = default("alps_max_iter")
+    alps_pcg_iters: int = default("alps_pcg_iters")
+    alps_pcg_tol: float = default("alps_pcg_tol")
+    ignore: list[str] | None = default("ignore")
+    prune_routers: bool = default("prune_routers")
+    block_score: str = default("block_score")
+    structure: str = default("structure")
+    unstructured_sparsity: float | None = default("unstructured_sparsity")
+    structured_refit: bool = default("structured_refit")
+    structured_damp: float = default("structured_damp")
+    prune_kv_groups: bool | None = default("prune_kv_groups")
+    head_sparsity: float | None = default("head_sparsity")
+    bits: float | None = default("bits")
+    group_size: int | None = default("group_size")
+    weight_quant_method: str = default("weight_quant_method")  # --quant-method; see options.py for the name
+    bit_allocation: str = default("bit_allocation")
+    bit_choices: tuple[int, ...] = default("bit_choices")
+    tokenizer: Any = default("tokenizer")
     dataset: InitVar[Any] = None
 
     def __post_init__(self, dataset: Any = None) -> None:
@@ -261,18 +253,14 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
-        if self.method not in METHODS:
-            raise ConfigError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
-        if self.allocation not in ALLOCATION_METHODS:
-            raise ConfigError(
-                f"Unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATION_METHODS)}."
-            )
+        pruner_cls = get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
+        allocation_cls = get_allocation(self.allocation)
         self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
             raise ConfigError(f"Unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}.")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"Unknown granularity {self.granularity!r}; use 'block' or 'matrix'.")
-        if self.fix_finger not in ("reference", "strict"):
+        if self.fix_finger not in FIX_FINGERS:
             raise ConfigError(f"Unknown fix_finger {self.fix_finger!r}; use 'reference' or 'strict'.")
         check_esd_sampling(self.esd_sampling)
         self.farms_options  # validates the FARMS grid
@@ -290,16 +278,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         mixed = parse_mixed_nm(self.nm)
         if mixed is not None:
             check_mixed_sparsity(float(self.sparsity), mixed)
-        check_owl_threshold(float(self.owl_threshold))
-        check_owl_lambda(float(self.owl_lambda))
-        if self.allocation == "owl" and self.granularity != "block":
-            raise ConfigError("The 'owl' allocation measures outliers per block; use granularity='block'.")
-        if not 0.0 <= self.percdamp:
-            raise ConfigError(f"percdamp must be >= 0, got {self.percdamp}.")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}.")
-        check_alps_options(float(self.alps_rho), self.alps_max_iter, self.alps_pcg_iters,
-                           float(self.alps_pcg_tol))
+        allocation_cls.check_config(self)  # each plug-in validates the fields it reads
+        pruner_cls.check_config(self)
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
@@ -339,7 +319,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     @property
     def searches_epsilon(self) -> bool:
-        """True for ``epsilon="auto"`` with the alpha allocation (the only one ε acts on)."""
+        """True for ``epsilon="auto"`` with an allocation that reads ε (the alpha allocation)."""
         return self.epsilon == AUTO and self.allocation == "alpha"
 
     def _check_structure(self) -> None:
@@ -363,6 +343,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             raise ConfigError(f"head_sparsity must be in [0, 1) or None, got {self.head_sparsity}.")
         if not float(self.structured_damp) > 0:
             raise ConfigError(f"structured_damp must be > 0 (ridge of the refit), got {self.structured_damp}.")
+
+    @property
+    def needs_calibration_text(self) -> bool:
+        """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
+        return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
+                or self.structure == "width" or (self.bits is not None and self.weight_quant_method == "gptq"))
+
+    @property
+    def width_only(self) -> bool:
+        """Width pruning with no unstructured/N:M stage after it (the one place this is decided)."""
+        return self.structure == "width" and not self.sparsifies_after_width
 
     @property
     def sparsifies_after_width(self) -> bool:
@@ -409,21 +400,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         pattern = self.nm_pattern
         return 1.0 - pattern[0] / pattern[1] if pattern is not None else float(self.sparsity)
 
-    @property
-    def uses_esd(self) -> bool:
-        """Whether the allocation reads the ESD analysis (only ``alpha``, and not under a fixed N:M pattern)."""
-        return self.allocation == "alpha" and self.nm_pattern is None
-
     def resolve_seqlen(self, max_positions: int | None) -> int:
         """The calibration window length for a model with ``max_positions`` positions."""
-        limit = max_positions or DEFAULT_MAX_SEQLEN
-        if self.seqlen is None:
-            return min(DEFAULT_MAX_SEQLEN, limit)
-        if self.seqlen > limit:
-            raise ConfigError(
-                f"seqlen {self.seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
-            )
-        return int(self.seqlen)
+        return resolve_seqlen(self.seqlen, max_positions)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CalibrationDataError
+from .options import SAMPLINGS
 
 SHIPPED_DATASETS = {
     "c4": "c4_sample.jsonl",
@@ -126,7 +127,6 @@ def load_texts(source: Any) -> list[str]:
     return rows
 
 
-SAMPLINGS = ("document", "joined")
 PAPER_NSAMPLES = 128  # the references' calibration set: 128 windows
 
 

@@ -12,57 +12,60 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 
 from .configuration import AlphaPruningConfig
 from .data import sample_calibration
-from .evaluate import max_positions, window_perplexity
+from .evaluate import window_perplexity
+from .model_utils import max_positions
+from .state import ModelState
 
-if TYPE_CHECKING:
-    from .pruner import AlphaPruner
+PruneOnce = Callable[[ModelState, AlphaPruningConfig, bool], tuple[Any, Any]]
 
 logger = logging.getLogger(__name__)
 
 
-def snapshot_weights(pruner: "AlphaPruner", config: AlphaPruningConfig) -> dict[str, torch.Tensor]:
+def snapshot_weights(state: ModelState, config: AlphaPruningConfig) -> dict[str, torch.Tensor]:
     """A CPU copy of every prunable matrix (the only weights a prune changes)."""
-    return {m.name: m.read().detach().to("cpu", copy=True) for block in pruner.block_weights(config)
+    return {m.name: m.read().detach().to("cpu", copy=True) for block in state.block_weights(config)
             for m in block.matrices}
 
 
-def restore_weights(pruner: "AlphaPruner", config: AlphaPruningConfig, copies: dict[str, torch.Tensor]) -> None:
+def restore_weights(state: ModelState, config: AlphaPruningConfig, copies: dict[str, torch.Tensor]) -> None:
     """Write the snapshotted matrices back wherever each one lives (GPU, CPU, offload map)."""
-    for block in pruner.block_weights(config):
+    for block in state.block_weights(config):
         for matrix in block.matrices:
             matrix.write(copies[matrix.name])
 
 
-def search_epsilon(pruner: "AlphaPruner", config: AlphaPruningConfig, show_progress: bool = True):
-    """Sweep ``config.epsilon_grid``, keep the ε with the lowest held-out perplexity; ``(model, report)``
-    of the final prune, whose ``epsilon_search`` holds the whole sweep."""
-    seqlen = config.resolve_seqlen(max_positions(pruner.model))
-    sample = sample_calibration(pruner.tokenizer, config.calibration_dataset, config.nsamples, seqlen,
+def search_epsilon(state: ModelState, config: AlphaPruningConfig, prune_once: PruneOnce,
+                   show_progress: bool = True):
+    """Sweep ``config.epsilon_grid`` with ``prune_once`` (the pipeline's prune for a fixed ε), keep the ε with
+    the lowest held-out perplexity; ``(model, report)`` of the final prune, whose ``epsilon_search`` holds the
+    whole sweep."""
+    seqlen = config.resolve_seqlen(max_positions(state.model))
+    sample = sample_calibration(state.tokenizer, config.calibration_dataset, config.nsamples, seqlen,
                                 config.seed, config.calibration_sampling, heldout=config.heldout)
     # Pinning nsamples keeps every trial's calibration windows exactly the ones the held-out set avoids.
     base = replace(config, nsamples=int(sample.ids.shape[0]))
-    snapshot = snapshot_weights(pruner, config)
+    snapshot = snapshot_weights(state, config)
     scores: list[float] = []
     try:
         for epsilon in config.epsilon_grid:
-            pruner.prune(replace(base, epsilon=epsilon), show_progress=False)
-            score = window_perplexity(pruner.model, sample.heldout)
+            prune_once(state, replace(base, epsilon=epsilon), False)
+            score = window_perplexity(state.model, sample.heldout)
             scores.append(score if math.isfinite(score) else math.inf)
             logger.info("epsilon=auto: ε %.3g -> held-out perplexity %.3f", epsilon, score)
-            restore_weights(pruner, config, snapshot)
+            restore_weights(state, config, snapshot)
     except BaseException:
-        restore_weights(pruner, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
+        restore_weights(state, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
         raise
     best = min(range(len(scores)), key=scores.__getitem__)
     chosen = config.epsilon_grid[best]
     logger.info("epsilon=auto: chose ε %.3g of %s", chosen, list(config.epsilon_grid))
-    model, report = pruner.prune(replace(base, epsilon=chosen), show_progress=show_progress)
+    model, report = prune_once(state, replace(base, epsilon=chosen), show_progress)
     report.config = {**report.config, "epsilon": config.epsilon, "nsamples": config.nsamples}
     report.epsilon_search = describe_search(config, sample, scores, chosen)
     return model, report

@@ -33,17 +33,9 @@ from .errors import ConfigError, ModelStructureError
 from .esd_sampling import FarmsOptions, check_esd_sampling, farms_eigenvalues, mid_hill_fit
 from .matrices import PrunableMatrix, model_weights
 from .model_utils import check_finite
+# The metric names (and the old names of the squared norms, still accepted) live in the torch-free options.
+from .options import BLOCK_SCORES, METRIC_ALIASES, METRICS, canonical_metric  # noqa: F401
 
-METRICS: tuple[str, ...] = (
-    "alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq"
-)
-# Old names of the squared norms, which said "norm" for a squared value; still accepted.
-METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
-
-
-def canonical_metric(name: str) -> str:
-    """A metric's current name (maps the old ``frobenius_norm`` / ``spectral_norm`` aliases)."""
-    return METRIC_ALIASES.get(name, name)
 
 
 FixFinger = Literal["reference", "strict"]
@@ -287,9 +279,6 @@ class ESDReport:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))
-
-
-BLOCK_SCORES = ("mean", "weighted")
 
 
 def aggregate_blocks(matrices: list[MatrixSpectrum], how: str = "mean") -> list[BlockSpectrum]:

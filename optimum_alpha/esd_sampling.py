@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import ConfigError, ModelStructureError
-
-ESD_SAMPLINGS = ("full", "farms")
+from .options import ESD_SAMPLINGS  # noqa: F401  (the one list of choices, re-exported)
 # The authors' fix-finger for FARMS: xmin is the eigenvalue at index N // FARMS_XMIN_POS.
 FARMS_XMIN_POS = 2
 

@@ -13,19 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .configuration import DEFAULT_MAX_SEQLEN
 from .data import evaluation_tokens
 from .errors import CalibrationDataError, ConfigError
-
-
-def max_positions(model: Any) -> int | None:
-    """The model's maximum sequence length as declared in its config, if any."""
-    config = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+from .model_utils import max_positions
+from .options import resolve_seqlen
 
 
 def input_device(model: Any) -> torch.device:
@@ -60,13 +51,7 @@ def _windows(model: Any, tokenizer: Any, dataset: Any, seqlen: int | None,
             "Perplexity needs a tokenizer, but this model has none; pass tokenizer= or load a model folder "
             "that contains one."
         )
-    limit = max_positions(model)
-    if seqlen is None:
-        seqlen = min(DEFAULT_MAX_SEQLEN, limit or DEFAULT_MAX_SEQLEN)
-    elif limit is not None and seqlen > limit:
-        raise ConfigError(
-            f"seqlen {seqlen} exceeds the model's maximum positions ({limit}); use seqlen <= {limit}."
-        )
+    seqlen = resolve_seqlen(seqlen, max_positions(model))
     ids = _tokens(tokenizer, dataset)
     windows = ids.numel() // seqlen
     if max_windows is not None:

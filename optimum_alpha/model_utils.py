@@ -6,7 +6,10 @@ model), not by model name, so Llama, Mistral, Qwen2, OPT, GPT-2, GPT-NeoX and fr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from accelerate.utils import align_module_device
 from torch import nn
 
 from .errors import ModelStructureError
@@ -71,6 +74,16 @@ def set_weight_matrix(layer: nn.Module, matrix: torch.Tensor) -> None:
     target.copy_(matrix.to(dtype=target.dtype, device=target.device))
 
 
+def max_positions(model: Any) -> int | None:
+    """The model's maximum sequence length as declared in its config, if any."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def check_finite(matrix: torch.Tensor, name: str) -> None:
     """Raise a ModelStructureError naming the tensor when it holds NaN or Inf."""
     if not torch.isfinite(matrix).all():
@@ -79,3 +92,14 @@ def check_finite(matrix: torch.Tensor, name: str) -> None:
             f"Weight {name} contains {bad} NaN/Inf values; the checkpoint is corrupt or was saved after a "
             "diverged run. Reload a healthy checkpoint before pruning."
         )
+
+
+def check_block_parameters(blocks_path: str, blocks: nn.ModuleList) -> None:
+    """Every parameter of every block is finite (norms too: a NaN anywhere poisons the statistics), checked
+    before block 0 is touched; weights offloaded to CPU or disk are brought in one module at a time."""
+    for index, block in enumerate(blocks):
+        for local, module in block.named_modules():
+            with align_module_device(module):
+                for name, param in module.named_parameters(recurse=False):
+                    full = ".".join(part for part in (blocks_path, str(index), local, name) if part)
+                    check_finite(param.detach(), full)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .errors import ConfigError
 from .matrices import PrunableMatrix
+from .pruning.masks import check_nm_columns
 
 
 def check_mixed_sparsity(sparsity: float, m: int) -> None:
@@ -50,9 +51,4 @@ def mixed_nm_counts(unit_sparsities: Sequence[float], param_counts: Sequence[int
 def check_nm_divisible(matrices: Sequence[PrunableMatrix], m: int) -> None:
     """Fail before anything is pruned when a matrix's input dimension is not a multiple of M."""
     for matrix in matrices:
-        columns = matrix.shape[1]
-        if columns % m:
-            raise ConfigError(
-                f"N:M with M = {m} needs every layer's input dimension to be a multiple of M, but {matrix.name} has "
-                f"{columns}; choose an M that divides it (4 and 8 fit most models)."
-            )
+        check_nm_columns(matrix.shape[1], (1, m), matrix.name)

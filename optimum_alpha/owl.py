@@ -20,10 +20,21 @@ from tqdm.auto import tqdm
 
 from .allocation import check_sparsity, fit_to_budget
 from .calibration import BlockInputs
-from .configuration import check_owl_lambda
 from .errors import ConfigError
 from .matrices import PrunableMatrix
 from .statistics import InputSquaredNorms, collect_block_statistics
+
+
+def check_owl_threshold(threshold: float) -> None:
+    if not threshold > 0:
+        raise ConfigError(f"owl_threshold (OWL's M) must be > 0, got {threshold}; the OWL paper uses 5.")
+
+
+def check_owl_lambda(lam: float) -> None:
+    if not 0 <= lam <= 0.5:
+        raise ConfigError(
+            f"owl_lambda (half-width of OWL's sparsity spread) must be in [0, 0.5], got {lam}; OWL uses 0.08."
+        )
 
 
 def _wanda_scores(matrix: PrunableMatrix, statistic: InputSquaredNorms) -> torch.Tensor:

@@ -42,6 +42,10 @@ class PruningReport:
     structured: list[dict[str, Any]] = field(default_factory=list)
     # bits set: method, widths per matrix, average and stored bits per weight (see quantization.plan)
     quantization: dict[str, Any] = field(default_factory=dict)
+    # Typed run semantics, set once by the stage that makes the report (nobody re-parses the config dict):
+    sparsity_cap: float | None = None  # the most any unit could get (None: a fixed N:M pattern decides)
+    score_name: str = "score"  # what the block scores are (alpha_hill, outlier_ratio...)
+    width_only: bool = False  # structure="width" without a following unstructured stage
 
     @property
     def total_sparsity(self) -> float:
@@ -59,14 +63,9 @@ class PruningReport:
     def pinned_blocks(self) -> list[int]:
         """Blocks the allocation held at its cap (``max_sparsity``, or (M-1)/M under mixed N:M): the
         allocation wanted more sparsity there and moved the rest to other blocks."""
-        cap = self.config.get("max_sparsity")
-        nm = str(self.config.get("nm") or "")
-        if cap is None or (nm and not nm.startswith("mixed:")):
+        if self.sparsity_cap is None:
             return []
-        if nm.startswith("mixed:"):
-            m = int(nm.split(":")[1])
-            cap = min(cap, (m - 1) / m)
-        return [b.index for b in self.blocks if b.target_sparsity >= cap - 1e-6]
+        return [b.index for b in self.blocks if b.target_sparsity >= self.sparsity_cap - 1e-6]
 
     @property
     def block_weight_sparsity(self) -> float:
@@ -99,3 +98,34 @@ class PruningReport:
         if self.uncalibrated:
             lines.append(f"pruned by magnitude, no calibration token routed: {', '.join(self.uncalibrated)}")
         return "\n".join(lines)
+
+
+def run_metadata(report: PruningReport | None, *, base_model: str | None,
+                 perplexity: dict[str, Any], esd_blocks: list[dict[str, float]]) -> dict[str, Any]:
+    """What ``alpha_pruning.json`` and the model card record about a run (no run yet: an empty report)."""
+    ran = report is not None
+    report = report if report is not None else PruningReport(config={})
+    return {
+        "library": "optimum-alpha",  # the version is added by the writer (library_version), once
+        "base_model": base_model,
+        "config": report.config if ran else None,
+        "metric": report.config.get("metric") if ran else None,
+        "score_name": report.score_name,
+        "width_only": report.width_only,
+        "blocks": [{"index": b.index, "score": b.score, "target_sparsity": b.target_sparsity,
+                    "achieved_sparsity": b.achieved_sparsity} for b in report.blocks],
+        "layers": report.layers,
+        "total_sparsity": report.total_sparsity if ran else None,
+        "target_sparsity": report.target_sparsity if ran else None,
+        "sparsity_structure": report.sparsity_structure if ran else None,
+        "pinned_blocks": report.pinned_blocks,
+        "block_weight_sparsity": report.block_weight_sparsity if ran else None,
+        "ignored": report.ignored,
+        "uncalibrated": report.uncalibrated,
+        "calibration": report.calibration,
+        "epsilon_search": report.epsilon_search,
+        "structured": report.structured,
+        "quantization": report.quantization,
+        "perplexity": dict(perplexity),
+        "esd_blocks": esd_blocks,
+    }

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimum_alpha.allocation import allocate, alpha_ratios
+from optimum_alpha.allocation import alpha_allocation, alpha_ratios
 from optimum_alpha.errors import ConfigError
 
 units = st.integers(min_value=2, max_value=40)
@@ -27,7 +27,7 @@ def allocation_problems(draw):
 @given(allocation_problems())
 def test_weighted_total_is_exact_and_bounds_hold(problem):
     scores, counts, sparsity, epsilon, max_sparsity = problem
-    result = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
+    result = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
     total = sum(counts)
     assert abs(sum(s * d for s, d in zip(result, counts)) / total - sparsity) <= 1e-9
     assert all(-1e-12 <= s <= max_sparsity + 1e-12 for s in result)
@@ -37,7 +37,7 @@ def test_weighted_total_is_exact_and_bounds_hold(problem):
 @given(allocation_problems())
 def test_ordering_follows_scores(problem):
     scores, counts, sparsity, epsilon, max_sparsity = problem
-    result = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
+    result = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
     for i in range(len(scores)):
         for j in range(len(scores)):
             if scores[i] < scores[j]:
@@ -47,16 +47,15 @@ def test_ordering_follows_scores(problem):
 @settings(max_examples=100, deadline=None)
 @given(units, st.floats(0.0, 0.95), st.floats(0.0, 0.9))
 def test_uniform_scores_give_uniform_sparsity(n, sparsity, epsilon):
-    result = allocate([3.0] * n, list(range(1, n + 1)), sparsity, "alpha", epsilon=epsilon)
+    result = alpha_allocation([3.0] * n, list(range(1, n + 1)), sparsity, epsilon=epsilon)
     assert all(s == pytest.approx(sparsity, abs=1e-12) for s in result)
-    assert allocate([1.0, 9.0], [5, 7], sparsity, "uniform") == [sparsity, sparsity]
 
 
 def test_unbounded_case_is_the_papers_equation_4():
     scores, counts = [2.0, 3.0, 4.0, 5.0], [10, 20, 30, 40]
     ratios = alpha_ratios(scores, 0.2)
     assert ratios == pytest.approx([0.8, 0.8 + 0.4 / 3, 0.8 + 0.8 / 3, 1.2])
-    result = allocate(scores, counts, 0.5, "alpha", epsilon=0.2)
+    result = alpha_allocation(scores, counts, 0.5, epsilon=0.2)
     eta = 0.5 * sum(counts) / sum(r * d for r, d in zip(ratios, counts))
     assert result == pytest.approx([eta * r for r in ratios], rel=1e-12)
 
@@ -65,10 +64,10 @@ def test_block_over_the_bound_is_pinned_and_the_rest_redistributed():
     """An outlier score (like SmolLM2's block 10) would get > 100 %: it is pinned at max_sparsity."""
     scores = [2.5, 3.0, 3.5, 4.0, 7.2]
     counts = [100] * 5
-    result = allocate(scores, counts, 0.7, "alpha", epsilon=0.3, max_sparsity=0.9)
+    result = alpha_allocation(scores, counts, 0.7, epsilon=0.3, max_sparsity=0.9)
     assert result[-1] == pytest.approx(0.9)
     assert sum(result) / 5 == pytest.approx(0.7, abs=1e-12)
-    unbounded = allocate(scores, counts, 0.7, "alpha", epsilon=0.3, max_sparsity=1.0)
+    unbounded = alpha_allocation(scores, counts, 0.7, epsilon=0.3, max_sparsity=1.0)
     assert unbounded[-1] > 0.9 and result[0] > unbounded[0]
 
 
@@ -79,15 +78,14 @@ def test_block_over_the_bound_is_pinned_and_the_rest_redistributed():
         ({"sparsity": -0.1}, "sparsity must be in"),
         ({"epsilon": 1.0}, "epsilon must be in"),
         ({"epsilon": -0.2}, "epsilon must be in"),
-        ({"method": "random"}, "Unknown allocation"),
         ({"sparsity": 0.995}, "exceeds max_sparsity"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, message):
-    args = {"scores": [1.0, 2.0], "param_counts": [1, 1], "sparsity": 0.5, "method": "alpha", "epsilon": 0.3}
+    args = {"scores": [1.0, 2.0], "param_counts": [1, 1], "sparsity": 0.5, "epsilon": 0.3}
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
-        allocate(**args)
+        alpha_allocation(**args)
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 from safetensors import safe_open
-from architectures import FAMILIES, VOCAB, WINDOW, build
+from optimum_alpha.testing.architectures import FAMILIES, VOCAB, WINDOW, build
 
 from optimum_alpha import AlphaPruner, AlphaPruningConfig, load_pruned
 from optimum_alpha.calibration import block_output, capture_block_inputs, run_block

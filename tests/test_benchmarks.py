@@ -112,13 +112,13 @@ def test_unbounded_mapping_matches_the_budget_and_can_exceed_one():
 
 
 def test_reference_allocation_is_restored_after_use():
-    import optimum_alpha.pruner as pruner_module
+    import optimum_alpha.allocations.alpha as alpha_module
 
-    original = pruner_module.allocate
+    original = alpha_module.alpha_allocation
     with quality.reference_allocation():
-        assert pruner_module.allocate is not original
-        assert pruner_module.allocate([1.0, 5.0], [1, 1], 0.9, epsilon=0.5) == [pytest.approx(0.45), 1.0]
-    assert pruner_module.allocate is original
+        assert alpha_module.alpha_allocation is not original
+        assert alpha_module.alpha_allocation([1.0, 5.0], [1, 1], 0.9, epsilon=0.5) == [pytest.approx(0.45), 1.0]
+    assert alpha_module.alpha_allocation is original
 
 
 def test_speed_esd_table_compares_fast_and_naive(factory):

@@ -227,17 +227,13 @@ def test_every_flag_documents_its_default():
             assert text.count("(default:") == 1, text
 
 
-def test_cli_mirrors_match_the_library():
-    """The parser hard-codes choices/defaults to stay torch-free; they must track AlphaPruningConfig."""
-    from optimum_alpha.configuration import ALLOCATION_METHODS, METHODS, AlphaPruningConfig
+def test_analyze_command_reads_the_options_module():
+    """The analyze command's metric list and ε default are the options module's (no hand-kept mirrors)."""
+    from optimum_alpha.configuration import AlphaPruningConfig
     from optimum_alpha.esd import METRICS
 
-    defaults = AlphaPruningConfig().to_dict()
-    assert {k: defaults[k] for k in prune_cmd.CONFIG_DEFAULTS} == prune_cmd.CONFIG_DEFAULTS
-    assert set(prune_cmd.METHODS) == set(METHODS)
-    assert set(prune_cmd.ALLOCATIONS) == set(ALLOCATION_METHODS)
-    assert prune_cmd.METRICS == analyze_cmd.METRICS == METRICS
-    assert analyze_cmd.DEFAULT_EPSILON == defaults["epsilon"]
+    assert analyze_cmd.METRICS == METRICS
+    assert analyze_cmd.DEFAULT_EPSILON == AlphaPruningConfig().epsilon
 
 
 def test_flags_override_config_file(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from optimum_alpha.allocation import allocate, alpha_ratios
+from optimum_alpha.allocation import alpha_allocation, alpha_ratios
 from optimum_alpha.errors import ConfigError
 from optimum_alpha.pruning.magnitude import MagnitudePruner
 from optimum_alpha.pruning.masks import count_to_prune, matrix_mask, nm_mask, row_mask
@@ -36,8 +36,8 @@ def close(a: list[float], b: list[float], tol: float = 1e-9) -> bool:
 @given(problems(st.floats(0.5, 1.0)), st.floats(0.01, 100.0), st.floats(-50.0, 50.0))
 def test_allocation_ignores_affine_changes_of_the_scores(problem, scale, shift):
     scores, counts, sparsity, epsilon, max_sparsity = problem
-    base = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
-    moved = allocate([scale * q + shift for q in scores], counts, sparsity, "alpha", epsilon=epsilon,
+    base = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
+    moved = alpha_allocation([scale * q + shift for q in scores], counts, sparsity, epsilon=epsilon,
                      max_sparsity=max_sparsity)
     assert close(base, moved, 1e-7)
 
@@ -46,13 +46,12 @@ def test_allocation_ignores_affine_changes_of_the_scores(problem, scale, shift):
 @given(problems(st.floats(0.5, 1.0)), st.randoms(use_true_random=False), st.integers(1, 1000))
 def test_allocation_follows_its_units_and_ignores_the_count_unit(problem, rng, factor):
     scores, counts, sparsity, epsilon, max_sparsity = problem
-    base = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
+    base = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
     order = list(range(len(scores)))
     rng.shuffle(order)
-    permuted = allocate([scores[i] for i in order], [counts[i] for i in order], sparsity, "alpha",
-                        epsilon=epsilon, max_sparsity=max_sparsity)
+    permuted = alpha_allocation([scores[i] for i in order], [counts[i] for i in order], sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
     assert close(permuted, [base[i] for i in order])
-    scaled = allocate(scores, [c * factor for c in counts], sparsity, "alpha", epsilon=epsilon,
+    scaled = alpha_allocation(scores, [c * factor for c in counts], sparsity, epsilon=epsilon,
                       max_sparsity=max_sparsity)
     assert close(scaled, base)
 
@@ -61,7 +60,7 @@ def test_allocation_follows_its_units_and_ignores_the_count_unit(problem, rng, f
 @given(problems())
 def test_unpinned_allocation_stays_within_the_epsilon_band(problem):
     scores, counts, sparsity, epsilon, _ = problem
-    result = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=1.0)
+    result = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=1.0)
     assume(sparsity > 0 and max(result) < 1.0)  # nothing pinned: the result is η times the eq. 4 ratios
     ratios = alpha_ratios(scores, epsilon)
     eta = result[0] / ratios[0]
@@ -74,8 +73,8 @@ def test_unpinned_allocation_stays_within_the_epsilon_band(problem):
 def test_a_higher_target_never_lowers_any_unit(problem, step):
     scores, counts, sparsity, epsilon, max_sparsity = problem
     higher = min(sparsity + step, max_sparsity, 0.999)
-    low = allocate(scores, counts, sparsity, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
-    high = allocate(scores, counts, higher, "alpha", epsilon=epsilon, max_sparsity=max_sparsity)
+    low = alpha_allocation(scores, counts, sparsity, epsilon=epsilon, max_sparsity=max_sparsity)
+    high = alpha_allocation(scores, counts, higher, epsilon=epsilon, max_sparsity=max_sparsity)
     assert all(h >= lo - 1e-9 for h, lo in zip(high, low))
 
 
@@ -127,7 +126,7 @@ def test_nm_rejects_groups_that_do_not_divide_or_do_not_keep(m, cols, data):
     n = data.draw(st.integers(1, m - 1))
     scores = torch.rand(3, cols)
     if cols % m:
-        with pytest.raises(ConfigError, match=f"multiple of M, but it is {cols}"):
+        with pytest.raises(ConfigError, match=f"multiple of M, but it has {cols}"):
             nm_mask(scores, n, m)
     else:
         assert int(nm_mask(scores, n, m).sum()) == 3 * (cols // m) * (m - n)

@@ -271,14 +271,14 @@ def test_refused_combinations_fail_in_one_line_before_loading(config, fmt, fragm
 
 
 def test_refused_combinations_name_the_fix():
-    from optimum_alpha.checkpoint.compressed_tensors import check_config_for_format
+    from optimum_alpha.checkpoint.writers import get_writer
 
     cases = [(dict(), "compressed-tensors", "add bits"), (dict(bits=4), "dense", "compressed-tensors"),
-             (dict(bits=4, nm="2:4"), "compressed-tensors", "drop nm"),
+             (dict(bits=4), "sparse", "compressed-tensors"), (dict(bits=4, nm="2:4"), "compressed-tensors", "drop nm"),
              (dict(bits=4, structure="width", sparsity=0.3), "compressed-tensors", "allocation='uniform'")]
     for fields, fmt, fragment in cases:
-        with pytest.raises(ConfigError) as info:
-            check_config_for_format(AlphaPruningConfig(**fields), fmt)
+        with pytest.raises(AlphaPruningError) as info:
+            get_writer(fmt).check_config(AlphaPruningConfig(**fields))
         assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
@@ -324,10 +324,11 @@ def test_a_quantised_model_is_not_saved_as_floats_and_a_float_one_not_as_integer
 
 @pytest.mark.parametrize("fields,fragment", [
     (dict(bits=3), "outside bit_choices"), (dict(bits=4, bit_choices=(4, 9)), "from 2 to 8"),
-    (dict(bits=4, weight_quant_method="awq"), "Unknown quant_method"), (dict(bits=4, group_size=0), "group_size"),
+    (dict(bits=4, weight_quant_method="awq"), "Unknown quant_method"), (dict(bits=4, group_size=-1), "group_size"),
     (dict(bits=4, bit_allocation="owl"), "Unknown bit_allocation"),
 ])
 def test_bad_quantisation_options(fields, fragment):
+    assert AlphaPruningConfig(bits=4, group_size=0).group_size is None  # 0: the CLI's "one scale per row"
     with pytest.raises(AlphaPruningError, match=fragment):
         AlphaPruningConfig(**fields)
 

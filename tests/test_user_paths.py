@@ -243,8 +243,8 @@ def test_options_are_checked_before_the_model_loads(tiny_folder, tmp_path, monke
 
 def test_analysis_runs_only_when_the_allocation_uses_it(tiny_tokenizer, monkeypatch):
     calls = []
-    real = __import__("optimum_alpha.pruner", fromlist=["analyze"]).analyze
-    monkeypatch.setattr("optimum_alpha.pruner.analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = __import__("optimum_alpha.state", fromlist=["analyze"]).analyze
+    monkeypatch.setattr("optimum_alpha.state.analyze", lambda *a, **k: calls.append(1) or real(*a, **k))
     for config in (AlphaPruningConfig(sparsity=0.5, method="magnitude", allocation="uniform"),
                    AlphaPruningConfig(method="magnitude", nm="2:4"),
                    AlphaPruningConfig(sparsity=0.5, allocation="owl", nsamples=2, seqlen=32,
@@ -258,7 +258,7 @@ def test_analysis_runs_only_when_the_allocation_uses_it(tiny_tokenizer, monkeypa
 
 
 def test_nm_divisibility_fails_before_the_analysis(tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr("optimum_alpha.pruner.analyze", lambda *a, **k: pytest.fail("analysis ran first"))
+    monkeypatch.setattr("optimum_alpha.state.analyze", lambda *a, **k: pytest.fail("analysis ran first"))
     pruner = AlphaPruner.from_pretrained(make_tiny_model("llama"), tokenizer=tiny_tokenizer)
     with pytest.raises(ConfigError, match="multiple of M"):
         pruner.prune(AlphaPruningConfig(sparsity=0.6, method="magnitude", nm="mixed:5"), show_progress=False)

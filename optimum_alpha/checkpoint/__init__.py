@@ -1,15 +1,31 @@
-"""Saving, loading and pushing pruned checkpoints (dense safetensors or the ``alpha_sparse`` bitmask)."""
+"""Saving, loading and pushing checkpoints in the registered formats (see :mod:`.writers`).
 
-from .hub import push_folder_to_hub
-from .load import load_pruned
-from .quantizer import AlphaSparseConfig, AlphaSparseHfQuantizer, register
-from .save import save_pruned
+Names load on first use (PEP 562): the plug-in modules import :mod:`.hf_registration` and :mod:`.formats`
+while ``import optimum_alpha`` registers them, and must not pull in the writers, the loader and the Hub code.
+"""
 
-__all__ = [
-    "AlphaSparseConfig",
-    "AlphaSparseHfQuantizer",
-    "load_pruned",
-    "push_folder_to_hub",
-    "register",
-    "save_pruned",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "AlphaSparseConfig": ".quantizer",
+    "AlphaSparseHfQuantizer": ".quantizer",
+    "register": ".quantizer",
+    "load_pruned": ".load",
+    "push_folder_to_hub": ".hub",
+    "save_pruned": ".save",
+    "check_save_request": ".save",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'optimum_alpha.checkpoint' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

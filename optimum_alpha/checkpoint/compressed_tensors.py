@@ -17,6 +17,7 @@ not have.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..quantization.spec import QuantSpec, dequantize_integers, quantize_integers
 from ..quantization.state import MatrixGrid, recorded_grids
+from .gguf_state import without_gguf_state
 
 FORMAT = "compressed-tensors"
 WEIGHT_SUFFIX = ".weight"
@@ -128,8 +130,9 @@ class PackingCompressor:
         return [key for key in self.grids if key not in done]
 
 
-def write_compressed_tensors(model: nn.Module, folder: Path, max_shard_size: str | int) -> dict[str, Any]:
-    """Save ``model`` into ``folder`` in the pack-quantized layout; returns what the metadata records."""
+def write_compressed_tensors(model: nn.Module, folder: Path, max_shard_size: str | int) -> tuple[dict, dict]:
+    """Save ``model`` into ``folder`` in the pack-quantized layout; returns the ``quantization_config``
+    written and what the metadata records."""
     from compressed_tensors.compressors.model_compressors.model_compressor import ModelCompressor
 
     from .sparse_files import compress_folder, compress_while_saving
@@ -137,7 +140,7 @@ def write_compressed_tensors(model: nn.Module, folder: Path, max_shard_size: str
     grids = quantized_modules(model)
     config = quantization_config(model, grids)  # built first: a bad config fails before any file is written
     compressor = PackingCompressor(grids)
-    with compress_while_saving(folder, compressor=compressor):
+    with without_gguf_state(model), compress_while_saving(folder, compressor=compressor):
         model.save_pretrained(folder, max_shard_size=max_shard_size)
     compress_folder(folder, compressor)
     missing = compressor.missing()
@@ -147,44 +150,6 @@ def write_compressed_tensors(model: nn.Module, folder: Path, max_shard_size: str
             "this model renames its weights on save, which the compressed-tensors writer does not support yet."
         )
     ModelCompressor(quantization_config=config).update_config(str(folder))
-    return {"packed_modules": len(compressor.compressed),
-            "ignored_modules": list(config.ignore or [])}
+    written = json.loads((folder / "config.json").read_text())["quantization_config"]
+    return written, {"packed_modules": len(compressor.compressed), "ignored_modules": list(config.ignore or [])}
 
-
-def check_config_for_format(config: Any, fmt: str) -> None:
-    """Combinations of run options and checkpoint format that cannot work, refused before the model loads."""
-    from ..errors import ConfigError
-
-    if fmt == FORMAT:
-        if config.bits is None:
-            raise ConfigError("format 'compressed-tensors' stores integer weights; add bits (--bits 4; with "
-                              "sparsity 0 it quantises without pruning), or save float weights as 'sparse'/'dense'.")
-        if config.nm is not None:
-            raise ConfigError(
-                f"nm={config.nm!r} cannot be kept by compressed-tensors (its 2:4 sparse formats were removed in "
-                "0.15, pack-quantized records no N:M structure); drop nm, or save float weights (no bits) with "
-                "format 'sparse', which records the pattern."
-            )
-        if config.structure == "width" and config.allocation != "uniform":
-            raise ConfigError(NON_UNIFORM_WIDTHS)
-    elif config.bits is not None:
-        raise ConfigError(f"bits={config.bits:g} quantises the weights, which only format 'compressed-tensors' "
-                          f"stores; format {fmt!r} would keep them as floats. Use --format compressed-tensors.")
-
-
-def check_model_for_format(blocks: Any, fmt: str) -> None:
-    """Before pruning: every matrix to quantise is an ``nn.Linear`` weight that compressed-tensors can pack."""
-    from ..errors import ConfigError
-    from ..model_utils import Conv1D
-
-    if fmt != FORMAT:
-        return
-    for block in blocks:
-        for matrix in block.matrices:
-            if matrix.is_expert or (Conv1D is not None and isinstance(matrix.module, Conv1D)):
-                kind = "fused expert parameters" if matrix.is_expert else "a Conv1D weight"
-                raise ConfigError(
-                    f"{matrix.name} is one of {kind}, which compressed-tensors cannot pack (it packs nn.Linear "
-                    "weights); keep them float with ignore (e.g. --ignore 're:.*experts.*'), or prune without "
-                    "bits and save with format 'sparse' or 'dense', which hold them."
-                )

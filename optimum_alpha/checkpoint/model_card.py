@@ -25,35 +25,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _load_section(fmt: str, repo_hint: str) -> str:
-    if fmt == "compressed-tensors":
-        return f"""The block weights are integers packed in the compressed-tensors `pack-quantized` format (the one
-llm-compressor writes and vLLM serves); pruned weights are integer zeros inside them. **optimum-alpha is not
-needed**: transformers loads it once the `compressed-tensors` package is installed.
-
-```python
-# pip install transformers compressed-tensors
-from transformers import AutoModelForCausalLM
-
-model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
-```
-"""
-    if fmt == "sparse":
-        return f"""The weights are stored in the `alpha_sparse` bitmask format (kept values + packed bit
-mask per pruned Linear layer). **Loading needs `optimum-alpha`**: importing it registers the format
-with transformers.
-
-```python
-import optimum_alpha  # registers quant_method "alpha_sparse" with transformers
-from transformers import AutoModelForCausalLM
-
-model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
-# or: model = optimum_alpha.load_pruned("{repo_hint}")
-```
-
-> **Without `optimum-alpha` this checkpoint does not load**: transformers logs an unknown quantization
-> type and stops with a size-mismatch error on one marker weight. Never pass `ignore_mismatched_sizes=True`
-> to get past it: the Linear weights would be left randomly initialised.
-"""
+    """The writer's own "how to load" text; ``width`` (blocks of different widths) is the loader's."""
     if fmt == "width":
         return f"""Attention heads and MLP channels were removed, and the blocks have different widths
 (`alpha_block_widths` in `config.json`). **Loading needs `optimum-alpha`**: importing it registers the
@@ -69,15 +41,9 @@ model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
 > **Without `optimum-alpha` this checkpoint does not load** (a size-mismatch error); never pass
 > `ignore_mismatched_sizes=True`, the smaller weights would be replaced by random ones.
 """
-    return f"""The weights are ordinary safetensors with the pruned entries stored as zeros; nothing beyond
-transformers is needed:
+    from .writers import get_writer
 
-```python
-from transformers import AutoModelForCausalLM
-
-model = AutoModelForCausalLM.from_pretrained("{repo_hint}")
-```
-"""
+    return get_writer(fmt).load_section(repo_hint)
 
 
 def _blocks_table(blocks: list[dict[str, Any]], metric: str) -> str:
@@ -188,8 +154,7 @@ def build_model_card(
     # Under a fixed N:M pattern the pattern sets the sparsity; the weighted block targets say what was aimed at.
     target = metadata.get("target_sparsity", config.get("sparsity"))
     achieved = metadata.get("achieved_sparsity")
-    width_only = config.get("structure") == "width" and config.get("unstructured_sparsity") is None \
-        and not config.get("nm")
+    width_only = bool(metadata.get("width_only"))  # typed run semantics from the report, not re-parsed
     if width_only:  # no zeros inside the weights: whole heads and channels are gone
         method = "width pruning, " + ("least-squares refit" if config.get("structured_refit", True) else "slice only")
         achieved = None
@@ -227,7 +192,7 @@ def build_model_card(
         lines.append(f"| blocks pinned at the sparsity cap | {', '.join(str(i) for i in pinned)} |")
     lines += ["", "## How to load", "", _load_section(fmt, repo_hint)]
     blocks = metadata.get("blocks") or []
-    score = {"alpha": metric, "owl": "outlier ratio"}.get(allocation, "score")
+    score = str(metadata.get("score_name") or "score").replace("_", " ") if allocation != "alpha" else metric
     if blocks:
         lines += ["## Per-block allocation", ""]
         if chart_file:

@@ -25,6 +25,7 @@ from transformers.quantizers.base import HfQuantizer  # not the package: see _re
 
 from ..configuration import QUANT_METHOD, AlphaPruningConfig
 from ..errors import CalibrationDataError, CheckpointError
+from .hf_registration import register_method
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _WEIGHT_FILES = ("model.safetensors", "model-0", "model.safetensors.index.json",
 
 def _tokenizer_for(config: AlphaPruningConfig, model: Any) -> Any:
     """The calibration tokenizer: the one in the config, one loaded from its name, or the model's own."""
-    needs_text = config.method != "magnitude" or config.allocation == "owl"
+    needs_text = config.needs_calibration_text
     if config.tokenizer is not None and not isinstance(config.tokenizer, (str, os.PathLike)):
         return config.tokenizer
     if not needs_text and config.tokenizer is None:
@@ -151,21 +152,4 @@ class AlphaPruningHfQuantizer(HfQuantizer):
         return True
 
 
-def register() -> None:
-    """Register ``quant_method="alpha_pruning"`` with transformers (idempotent)."""
-    from transformers.quantizers.auto import (
-        AUTO_QUANTIZATION_CONFIG_MAPPING,
-        AUTO_QUANTIZER_MAPPING,
-        register_quantization_config,
-        register_quantizer,
-    )
-
-    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(QUANT_METHOD)(AlphaPruningConfig)
-    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(QUANT_METHOD)(AlphaPruningHfQuantizer)
-    if AUTO_QUANTIZER_MAPPING[QUANT_METHOD] is not AlphaPruningHfQuantizer:
-        raise RuntimeError(f"another package registered quant_method {QUANT_METHOD!r} with transformers")
-
-
-register()  # on import: see optimum_alpha/_registration.py
+register_method(QUANT_METHOD, AlphaPruningConfig, AlphaPruningHfQuantizer)  # on import: see _registration.py

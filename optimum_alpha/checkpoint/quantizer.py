@@ -16,21 +16,14 @@ from typing import Any
 
 import torch
 from transformers.core_model_loading import ConversionOps
-from transformers.quantizers.base import HfQuantizer  # not the package: see _registration.py
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import CheckpointError
 from . import bitmask
-
-QUANT_METHOD = "alpha_sparse"
-FORMAT = "sparse-bitmask"
-SENTINEL_MESSAGE = (
-    "alpha_sparse checkpoint: install optimum-alpha and run `import optimum_alpha` before from_pretrained"
-)
-
-# A second marker whose *name* is the message: transformers prints unknown keys in its load report, so a user
-# without the plug-in reads what to install right in the output (the report never shows tensor contents).
-MARKER_KEY = "INSTALL_optimum-alpha.then.import_optimum_alpha.before.from_pretrained"
+from .formats import MARKER_KEY, SENTINEL_MESSAGE  # noqa: F401  (re-exported)
+from .formats import SPARSE_FORMAT as FORMAT
+from .formats import SPARSE_QUANT_METHOD as QUANT_METHOD
+from .hf_registration import LoadOnlyQuantizer, register_method
 
 _SOURCE_PATTERNS = {suffix: rf"\.{suffix}" for suffix in bitmask.SUFFIXES}
 # A fused expert parameter ``<key>`` is stored as ``<key>.fused_<part>`` (see sparse_files.stored_keys).
@@ -164,26 +157,6 @@ def _is_ours(conversion: Any) -> bool:
     return any(isinstance(op, AlphaSparseDecompress) for op in getattr(conversion, "operations", ()))
 
 
-class LoadOnlyQuantizer(HfQuantizer):
-    """Base of optimum-alpha's loaders: nothing is quantized, checkpoints only load in a special way."""
-
-    requires_calibration = True  # a dense model cannot be "quantized" to these formats on load
-
-    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
-        return False
-
-    def is_serializable(self) -> bool:
-        return True
-
-    @property
-    def is_trainable(self) -> bool:
-        return True
-
-    @property
-    def is_compileable(self) -> bool:
-        return True
-
-
 class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
     """Loads ``alpha_sparse`` checkpoints; nothing is quantized, weights are only decompressed."""
 
@@ -256,46 +229,13 @@ class AlphaSparseHfQuantizer(LoadOnlyQuantizer):
         )
 
 
-def _already_registered(method: str, config_cls: type, quantizer_cls: type) -> bool:
-    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
-
-    return (
-        AUTO_QUANTIZATION_CONFIG_MAPPING.get(method) is config_cls
-        and AUTO_QUANTIZER_MAPPING.get(method) is quantizer_cls
-    )
-
-
-def register_method(method: str, config_cls: type, quantizer_cls: type) -> None:
-    """Register a config and quantizer with transformers under ``quant_method=method``.
-
-    Idempotent: transformers' ``register_*`` helpers refuse a second registration, so we check first.
-    """
-    if _already_registered(method, config_cls, quantizer_cls):
-        return
-    from transformers.quantizers.auto import (
-        AUTO_QUANTIZATION_CONFIG_MAPPING,
-        AUTO_QUANTIZER_MAPPING,
-        register_quantization_config,
-        register_quantizer,
-    )
-
-    if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-        register_quantization_config(method)(config_cls)
-    if method not in AUTO_QUANTIZER_MAPPING:
-        register_quantizer(method)(quantizer_cls)
-    if not _already_registered(method, config_cls, quantizer_cls):
-        raise RuntimeError(
-            f"another package registered quant_method {method!r} with transformers; "
-            "optimum-alpha cannot load its checkpoints alongside it"
-        )
-
-
 def register() -> None:
-    """Register ``alpha_sparse`` (bitmask weights) and ``alpha_width`` (per-block widths) with transformers."""
-    from ..structured.checkpoint import AlphaWidthConfig, AlphaWidthHfQuantizer, WIDTH_QUANT_METHOD
-
+    """Register every loader of ours with transformers (idempotent): ``alpha_sparse`` here, and the others by
+    importing their modules, which register themselves (see optimum_alpha/_registration.py)."""
     register_method(QUANT_METHOD, AlphaSparseConfig, AlphaSparseHfQuantizer)
-    register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)
+    from .._registration import register_all
+
+    register_all()
 
 
-register()  # on import: see optimum_alpha/_registration.py
+register_method(QUANT_METHOD, AlphaSparseConfig, AlphaSparseHfQuantizer)  # on import: see _registration.py

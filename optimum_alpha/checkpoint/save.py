@@ -7,11 +7,10 @@ folder behind, and a concurrent save to the same folder cannot silently replace 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,9 +19,8 @@ from torch import nn
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts, sigterm_as_interrupt
 from ..structured.checkpoint import add_width_quantization_config
-from .compressed_tensors import write_compressed_tensors
 from .model_card import build_model_card
-from .sparse_files import compress_folder, compress_while_saving, write_quantization_config
+from .writers import get_writer
 from .target import (
     MANIFEST_KEY,
     METADATA_FILE,
@@ -33,7 +31,6 @@ from .target import (
     put_in_place,
 )
 
-FORMATS = ("dense", "sparse", "compressed-tensors")
 CHART_FILE = "alpha_profile.png"
 
 
@@ -74,32 +71,19 @@ def check_shard_size(max_shard_size: str | int) -> int:
 
 def check_save_request(
     save_dir: str | os.PathLike, *, format: str = "sparse", max_shard_size: str | int = "5GB",
-    overwrite: bool | str = False
+    overwrite: bool | str = False, config: Any = None, model: nn.Module | None = None
 ) -> Path:
-    """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target."""
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown checkpoint format {format!r}; choose one of {', '.join(FORMATS)}")
+    """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target.
+    With the run's ``config`` (and the loaded ``model``), also what the format cannot hold of that run."""
+    writer = get_writer(format)  # an unknown format fails here, listing the registered ones
+    if config is not None:
+        writer.check_config(config)
+        if model is not None:
+            writer.check_model(model, config)
     check_shard_size(max_shard_size)
     target = Path(save_dir).expanduser().resolve()
     check_save_target(target, overwrite_mode(overwrite))
     return target
-
-
-def check_format_holds_model(model: nn.Module, fmt: str) -> None:
-    """Integer weights go to compressed-tensors only: dense/sparse would silently store them as floats."""
-    from ..quantization.state import recorded_grids
-    from .compressed_tensors import quantized_modules
-
-    if fmt == "compressed-tensors":
-        quantized_modules(model)
-        return
-    grids = recorded_grids(model)
-    if grids:
-        widths = sorted({grid.spec.bits for grid in grids.values()})
-        raise CheckpointError(
-            f"this model's block weights are quantised ({'/'.join(map(str, widths))}-bit) and format={fmt!r} "
-            "would store them as floats; save with format='compressed-tensors'."
-        )
 
 
 def _apply_umask(folder: Path) -> None:
@@ -109,39 +93,6 @@ def _apply_umask(folder: Path) -> None:
         os.chmod(root, 0o777 & ~umask)
         for name in files:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-@contextlib.contextmanager
-def _without_gguf_state(model: nn.Module) -> Iterator[None]:
-    """Hide the GGUF loader state while saving: the weights are already dequantized floats.
-
-    transformers refuses to ``save_pretrained`` a model it loaded from GGUF and would otherwise write
-    a ``gguf`` quantization config that no safetensors loader accepts.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
-        yield
-        return
-    model_keys = ("hf_quantizer", "is_quantized", "quantization_method")
-    config_keys = ("quantization_config", "_is_quantized")
-    config = model.config
-    saved_model = {key: getattr(model, key) for key in model_keys if hasattr(model, key)}
-    saved_config = {key: getattr(config, key) for key in config_keys if hasattr(config, key)}
-    for key in saved_model:
-        if key == "is_quantized":
-            model.is_quantized = False
-        else:
-            delattr(model, key)
-    for key in saved_config:
-        delattr(config, key)
-    try:
-        yield
-    finally:
-        for key, value in saved_model.items():
-            setattr(model, key, value)
-        for key, value in saved_config.items():
-            setattr(config, key, value)
 
 
 def _zero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
@@ -227,21 +178,7 @@ def _write_folder(
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    if fmt == "compressed-tensors":
-        with _without_gguf_state(model):
-            data["compressed_tensors"] = write_compressed_tensors(model, folder, max_shard_size)
-    elif fmt == "sparse":
-        with _without_gguf_state(model), compress_while_saving(folder) as compressor:
-            model.save_pretrained(folder, max_shard_size=max_shard_size)
-        compressed = compress_folder(folder, compressor)
-        if compressed:
-            sparsity = data.get("achieved_sparsity")
-            structure = data.get("sparsity_structure") or "unstructured"
-            write_quantization_config(folder, compressed, sparsity, data["library_version"], structure)
-        data["compressed_modules"] = len(compressed)
-    else:
-        with _without_gguf_state(model):
-            model.save_pretrained(folder, max_shard_size=max_shard_size)
+    get_writer(fmt).write(model, folder, max_shard_size=max_shard_size, data=data)
     card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -263,7 +200,8 @@ def save_pruned(
     overwrite: bool | str = False,
     metadata: dict | None = None,
 ) -> Path:
-    """Save a pruned model as a Hugging Face folder (``dense`` zeros-in-place or ``sparse`` bitmask).
+    """Save a pruned model as a Hugging Face folder in a registered format (``dense`` zeros-in-place,
+    ``sparse`` bitmask...; see :mod:`.writers`).
 
     Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
     ``overwrite=True`` replaces a checkpoint written by optimum-alpha, ``"force"`` any folder; files
@@ -281,7 +219,7 @@ def save_pruned(
                 f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
             ) from error
     target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite)
-    check_format_holds_model(model, format)
+    get_writer(format).check_request(model, metadata)  # what this format cannot hold, before any file is written
     with sigterm_as_interrupt():
         staging: Path | None = None
         try:

@@ -25,7 +25,9 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from . import bitmask
-from .quantizer import FORMAT, MARKER_KEY, QUANT_METHOD, SENTINEL_MESSAGE
+from .formats import MARKER_KEY, SENTINEL_MESSAGE
+from .formats import SPARSE_FORMAT as FORMAT
+from .formats import SPARSE_QUANT_METHOD as QUANT_METHOD
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -219,8 +221,8 @@ def compress_folder(folder: Path, compressor: ShardCompressor | None = None) -> 
 def write_quantization_config(
     folder: Path, compressed: list[str], global_sparsity: float | None, version: str,
     structure: str = "unstructured",
-) -> None:
-    """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``."""
+) -> dict[str, Any]:
+    """Add the ``alpha_sparse`` ``quantization_config`` block to ``config.json``; returns it."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     sentinel = next((key for key in compressed if _sentinel_key(key)), None)
@@ -234,3 +236,4 @@ def write_quantization_config(
         "version": version,
     }
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config["quantization_config"]

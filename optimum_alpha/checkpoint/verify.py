@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .sparse_files import INDEX_FILE, SINGLE_FILE, stored_keys
+from .sparse_files import INDEX_FILE, SINGLE_FILE
 _RESAVE = "save it again with optimum_alpha.save_pruned (or re-download it)"
 
 
@@ -26,7 +26,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def check_alpha_sparse_config(config: Any) -> list[str]:
     """Validate an ``alpha_sparse`` ``quantization_config``; returns its ``compressed_modules``."""
-    from .quantizer import FORMAT
+    from .formats import SPARSE_FORMAT as FORMAT
 
     if not isinstance(config, dict):
         raise CheckpointError(f"quantization_config must be a JSON object, got {type(config).__name__}; {_RESAVE}")
@@ -85,8 +85,6 @@ def _tensor_names(path: Path) -> set[str]:
 
 def check_checkpoint_folder(folder: Path) -> None:
     """Refuse a local model folder whose config, index, weight files or sparse layout is broken."""
-    from .quantizer import QUANT_METHOD
-
     config = _read_json(folder / "config.json", "config")
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise CheckpointError(
@@ -104,14 +102,8 @@ def check_checkpoint_folder(folder: Path) -> None:
     names: set[str] = set()
     for path in _weight_files(folder):
         names |= _tensor_names(path)
-    if quantization is None or quantization["quant_method"] != QUANT_METHOD:
-        return
-    for module in check_alpha_sparse_config(quantization):
-        # A module weight is stored as <module>.<part>, a fused expert parameter as <key>.fused_<part>.
-        layouts = (stored_keys(f"{module}.weight"), stored_keys(module))
-        missing = min(([s for s, key in parts.items() if key not in names] for parts in layouts), key=len)
-        if missing:
-            raise CheckpointError(
-                f"sparse checkpoint {folder} lists module {module} but its files lack "
-                f"{', '.join(missing)}; the checkpoint is incomplete, {_RESAVE}"
-            )
+    from .writers import writer_for_quant_method
+
+    writer = writer_for_quant_method(quantization["quant_method"] if quantization is not None else None)
+    if writer is not None:
+        writer.verify(folder, quantization, names)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..options import METRIC_ALIASES, METRICS, default
 from .common import (
     Stages,
     add_model_arguments,
@@ -25,10 +26,7 @@ DESCRIPTION = (
     "With --sparsity, also print the AlphaPruning allocation that 'prune --allocation alpha' would make.\n\n"
     "example:\n  optimum-cli alpha-prune analyze smollm2-135m --sparsity 0.7 --output outputs/smollm2-esd"
 )
-# Mirrors optimum_alpha.esd.METRICS / METRIC_ALIASES (checked by the tests) so that building the parser needs no torch.
-METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
-METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
-DEFAULT_EPSILON = 0.3
+DEFAULT_EPSILON = default("epsilon")
 
 
 def metric_list(text: str) -> list[str]:
@@ -107,7 +105,7 @@ def _write_plots(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..allocation import allocate, check_epsilon, check_sparsity
+    from ..allocation import alpha_allocation, check_epsilon, check_sparsity
 
     metrics = list(dict.fromkeys(name for group in (args.metric or [list(METRICS)]) for name in group))
     primary = metrics[0]
@@ -132,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     sparsities = None
     if args.sparsity is not None:
         scores, counts = report.scores(primary)
-        sparsities = allocate(scores, counts, args.sparsity, method="alpha", epsilon=args.epsilon)
+        sparsities = alpha_allocation(scores, counts, args.sparsity, epsilon=args.epsilon)
 
     headers = ["block", "params", *metrics] + (["sparsity"] if sparsities else [])
     rows = [

@@ -15,10 +15,10 @@ import sys
 from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
+from ..options import pruner_names
 from . import analyze, evaluate, prune, push, recover
-from .common import add_verbosity_arguments
+from .common import USAGE_ERROR, add_verbosity_arguments, fail
 
-USAGE_ERROR = 2
 INTERRUPTED = INTERRUPTED_EXIT_CODE
 SUBCOMMANDS = (analyze, prune, evaluate, push, recover)
 
@@ -42,18 +42,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(f"{message} (see '{self.prog} --help')")
 
 
-def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
-    """Print ``error: message`` as one line on stderr and exit; the CLI's only way to report a mistake."""
-    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
-
-
 def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``analyze``, ``prune`` and ``eval`` sub-commands to ``parser`` (used by both entry points)."""
     parser.description = (
         "AlphaPruning for Hugging Face LLMs: measure each block's heavy-tailed weight spectrum (ESD),\n"
-        "give well-trained blocks (low alpha) less sparsity, and prune with Wanda, SparseGPT or magnitude."
+        "give well-trained blocks (low alpha) less sparsity, and prune each layer with "
+        f"{', '.join(pruner_names())}."
     )
     parser.formatter_class = HelpFormatter
     parser.epilog = (
@@ -61,7 +55,8 @@ def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Run '<command> --help' for the flags of each command."
     )
     subparsers = parser.add_subparsers(
-        title="commands", dest="command", metavar="{analyze,prune,eval,push,recover}", parser_class=OneLineErrorParser
+        title="commands", dest="command", metavar="{" + ",".join(m.NAME for m in SUBCOMMANDS) + "}",
+        parser_class=OneLineErrorParser
     )
     subparsers.required = True
     for module in SUBCOMMANDS:

@@ -12,7 +12,17 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
+
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit; the CLI's only way to report a mistake."""
+    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
 
 MODEL_HELP = (
     "model to load: a Hugging Face Hub id (e.g. HuggingFaceTB/SmolLM2-135M), a local folder saved with "
@@ -148,18 +158,17 @@ def check_model_limits(model: str, kwargs: dict[str, Any], seqlens: dict[str, in
     model's positions. ``seqlens`` maps a flag name to its value (None: not given)."""
     if not any(seqlens.values()):
         return
-    from ..errors import ConfigError
+    from ..model_utils import max_positions
     from ..models import load_config
+    from ..options import resolve_seqlen
 
     config = load_config(model, **kwargs)
     if config is None:
         return
-    from ..evaluate import max_positions
-
     limit = max_positions(argparse.Namespace(config=config))
     for flag, value in seqlens.items():
-        if value is not None and limit is not None and value > limit:
-            raise ConfigError(f"{flag} {value} exceeds the model's maximum positions ({limit}); use {flag} <= {limit}")
+        if value is not None:
+            resolve_seqlen(value, limit, flag)
 
 
 def model_slug(model: str) -> str:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..options import format_names
 from .common import (
     Stages,
     add_eval_arguments,
@@ -21,9 +22,10 @@ from .common import (
     peak_memory,
     positive_int,
 )
+from .config_flags import add_config_flags, given_values
 
 NAME = "prune"
-HELP = "prune a model with AlphaPruning allocation + Wanda/SparseGPT/ALPS/magnitude and save it"
+HELP = "prune a model with a spectral (alpha), OWL or uniform allocation and a layer pruner, and save it"
 DESCRIPTION = (
     "Load MODEL, measure the heavy-tailed spectrum (alpha) of every block, allocate the global sparsity\n"
     "over blocks (well-trained blocks, i.e. low alpha, are pruned less), prune each layer, optionally\n"
@@ -34,56 +36,6 @@ DESCRIPTION = (
     "      --nsamples 32 --seqlen 512 --eval --eval-seqlen 512 --max-windows 20 \\\n"
     "      --output outputs/smollm2-135m-alpha-wanda-50"
 )
-# Choices and defaults mirror AlphaPruningConfig (checked by the tests): importing it would pull in torch
-# while the parser is built, and `optimum-cli --help` must stay instant.
-METHODS = ("wanda", "sparsegpt", "alps", "magnitude")
-ALLOCATIONS = ("alpha", "owl", "uniform")
-METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
-CONFIG_DEFAULTS: dict[str, Any] = {
-    "sparsity": 0.5,
-    "method": "wanda",
-    "allocation": "alpha",
-    "metric": "alpha_hill",
-    "epsilon": 0.3,
-    "epsilon_grid": [0.1, 0.2, 0.3, 0.4, 0.5],
-    "heldout": 8,
-    "max_sparsity": 0.99,
-    "granularity": "block",
-    "calibration_dataset": "c4",
-    "calibration_sampling": "document",
-    "nsamples": None,
-    "seqlen": None,
-    "seed": 0,
-    "nm": None,
-    "percdamp": 0.01,
-    "blocksize": 128,
-    "owl_threshold": 5.0,
-    "owl_lambda": 0.08,
-    "fix_finger": "reference",
-    "ignore": None,
-    "block_score": "mean",
-    "alps_rho": 0.1,
-    "alps_max_iter": 300,
-    "alps_pcg_iters": 10,
-    "alps_pcg_tol": 1e-4,
-    "structure": "unstructured",
-    "unstructured_sparsity": None,
-    "structured_refit": True,
-    "head_sparsity": None,
-    "prune_kv_groups": None,
-    "bits": None,
-    "group_size": 128,
-    "weight_quant_method": "gptq",
-    "bit_allocation": "alpha",
-    "bit_choices": [4, 8],
-}
-STRUCTURES = ("unstructured", "width")
-
-
-def _config_flag(parser: argparse.ArgumentParser, flag: str, field: str, help: str, **kwargs: Any) -> None:
-    """A flag backed by an AlphaPruningConfig field: None when absent, so --config values survive."""
-    default = CONFIG_DEFAULTS[field]
-    parser.add_argument(flag, dest=field, default=None, help=f"{help} (default: {default})", **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,97 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.json",
         help="start from this AlphaPruningConfig JSON (as written by to_json_file); flags override it",
     )
-    _config_flag(parser, "--sparsity", "sparsity", "global fraction of block weights to remove, in [0, 1)",
-                 type=float, metavar="S")
-    _config_flag(parser, "--method", "method", "which weights go inside a layer", choices=METHODS)
-    _config_flag(parser, "--allocation", "allocation",
-                 "how sparsity is spread over blocks: alpha (AlphaPruning), owl (outliers) or uniform",
-                 choices=ALLOCATIONS)
-    _config_flag(parser, "--metric", "metric", "ESD metric that drives --allocation alpha", choices=METRICS)
-    _config_flag(parser, "--epsilon", "epsilon",
-                 "alpha allocation spread: block sparsities lie in [1-E, 1+E] times the target; 'auto' "
-                 "prunes once per --epsilon-grid value, keeps the lowest perplexity on --heldout held-out "
-                 "calibration-source windows (never the eval set) and prunes again: grid size + 1 prunes",
-                 type=epsilon_value, metavar="E|auto")
-    _config_flag(parser, "--epsilon-grid", "epsilon_grid", "the ε values tried by --epsilon auto",
-                 type=float, nargs="+", metavar="E")
-    _config_flag(parser, "--heldout", "heldout", "held-out windows scoring --epsilon auto",
-                 type=positive_int, metavar="N")
-    _config_flag(parser, "--max-sparsity", "max_sparsity", "no block gets more sparsity than this",
-                 type=float, metavar="S")
-    _config_flag(parser, "--granularity", "granularity", "allocate per block (paper) or per matrix",
-                 choices=("block", "matrix"))
-    _config_flag(parser, "--nm", "nm",
-                 "semi-structured sparsity: N:M such as 2:4 (N kept per M weights, ignores --sparsity) or "
-                 "mixed:M such as mixed:8 (each block gets its own N from --allocation)",
-                 metavar="N:M|mixed:M")
-    _config_flag(parser, "--structure", "structure",
-                 "unstructured: zeros inside the weights; width: remove whole attention heads and MLP channels "
-                 "(--sparsity of the block weights) for a smaller dense model", choices=STRUCTURES)
-    _config_flag(parser, "--unstructured-sparsity", "unstructured_sparsity",
-                 "with --structure width: then zero this fraction of the remaining weights with --method",
-                 type=float, metavar="S")
-    _config_flag(parser, "--head-sparsity", "head_sparsity",
-                 "with --structure width: fraction of query heads per KV group (or of groups) removed in "
-                 "every block; default: each block's own share", type=float, metavar="S")
-    parser.add_argument("--prune-kv-groups", dest="prune_kv_groups", action="store_const", const=True,
-                        default=None, help="with --structure width: remove whole key/value groups, not query "
-                        "heads inside each group (default: off, except for multi-head attention)")
-    parser.add_argument("--no-refit", dest="structured_refit", action="store_const", const=False, default=None,
-                        help="with --structure width: only slice o_proj/down_proj, no least-squares refit (default: refit)")
-    _config_flag(parser, "--bits", "bits",
-                 "quantise the block weights to integers after pruning, with this average bit width "
-                 "(never exceeded; e.g. 4, or 4.5 over --bit-choices); needs --format compressed-tensors; "
-                 "--sparsity 0 quantises without pruning", type=float, metavar="B")
-    _config_flag(parser, "--group-size", "group_size",
-                 "inputs sharing one scale; 0 means one scale per output row", type=group_size_value, metavar="N")
-    _config_flag(parser, "--quant-method", "weight_quant_method",
-                 "gptq (keeps the pruning mask; one joint sweep with sparsegpt) or rtn (round to nearest)",
-                 choices=("gptq", "rtn"))
-    _config_flag(parser, "--bit-allocation", "bit_allocation",
-                 "alpha: lower-alpha blocks get the wider widths; uniform: no preference", choices=("alpha", "uniform"))
-    _config_flag(parser, "--bit-choices", "bit_choices", "bit widths to choose from", type=int, nargs="+",
-                 metavar="B")
-    _config_flag(parser, "--calibration", "calibration_dataset",
-                 "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet file with a 'text' field",
-                 metavar="c4|wikitext2|PATH")
-    _config_flag(parser, "--calibration-sampling", "calibration_sampling",
-                 "document: each window inside one document longer than it, at a random offset (the "
-                 "references); joined: documents joined and cut into consecutive windows (the fallback when "
-                 "too few documents are long enough)", choices=("document", "joined"))
-    _config_flag(parser, "--nsamples", "nsamples",
-                 "number of calibration windows; default: the paper's 128, or as many as the source holds",
-                 type=positive_int, metavar="N")
-    _config_flag(parser, "--seqlen", "seqlen",
-                 "tokens per calibration window (evaluation windows: --eval-seqlen); None means "
-                 "min(2048, model max positions)", type=positive_int, metavar="N")
-    _config_flag(parser, "--seed", "seed", "seed of the calibration sampling", type=int, metavar="N")
-    _config_flag(parser, "--blocksize", "blocksize", "SparseGPT: columns pruned together", type=positive_int,
-                 metavar="N")
-    _config_flag(parser, "--owl-threshold", "owl_threshold",
-                 "OWL's M: an activation is an outlier above M times its layer's mean", type=float, metavar="M")
-    _config_flag(parser, "--owl-lambda", "owl_lambda", "OWL's lambda: block sparsities lie in target +- lambda",
-                 type=float, metavar="L")
-    _config_flag(parser, "--fix-finger", "fix_finger",
-                 "xmin window of the Hill fit: reference (authors' code) or strict", choices=("reference", "strict"))
-    _config_flag(parser, "--ignore", "ignore",
-                 "keep matching block weights dense (repeatable): a module name or 're:REGEX', e.g. "
-                 "--ignore 're:.*self_attn.*'; MoE routers are kept dense anyway",
-                 action="append", metavar="PATTERN")
-    _config_flag(parser, "--block-score", "block_score",
-                 "a block's score from its matrices' metrics: mean (paper) or parameter-weighted",
-                 choices=("mean", "weighted"))
-    _config_flag(parser, "--percdamp", "percdamp",
-                 "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean diagonal", type=float,
-                 metavar="F")
-    _config_flag(parser, "--alps-rho", "alps_rho", "alps: initial ADMM penalty ρ₀", type=float, metavar="R")
-    _config_flag(parser, "--alps-max-iter", "alps_max_iter", "alps: most ADMM iterations per layer",
-                 type=positive_int, metavar="N")
-    _config_flag(parser, "--alps-pcg-iters", "alps_pcg_iters",
-                 "alps: conjugate-gradient iterations refitting the kept weights (0: no refit)", type=int,
-                 metavar="N")
-    _config_flag(parser, "--alps-pcg-tol", "alps_pcg_tol", "alps: relative residual at which the refit stops",
-                 type=float, metavar="T")
+    add_config_flags(parser)  # one flag per AlphaPruningConfig field, generated from optimum_alpha.options
     add_output_arguments(parser, "the pruned model", "outputs/<model>-<allocation>-<method>-<sparsity %%>")
     parser.add_argument(
         "--force-overwrite",
@@ -195,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("sparse", "dense", "compressed-tensors"),
+        choices=format_names(),
         default="sparse",
-        help="sparse: compressed bitmask checkpoint; dense: plain safetensors any transformers can load; "
-        "compressed-tensors: packed integer weights (with --bits) that transformers and vLLM load",
+        help="checkpoint format: sparse (compressed bitmask, loads after `import optimum_alpha`), dense "
+        "(plain safetensors any transformers loads), or another registered writer",
     )
     parser.add_argument(
         "--max-shard-size",
@@ -216,37 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_eval_arguments(parser)
 
 
-def group_size_value(text: str) -> int:
-    """--group-size: a whole number >= 1, or 0 for one scale per row (group_size=None in the config)."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number (0: one scale per row), got {text!r}") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def epsilon_value(text: str) -> float | str:
-    """--epsilon: a number, or 'auto' for the held-out sweep."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'auto', got {text!r}") from err
-
-
 def resolve_config(args: argparse.Namespace):
     """AlphaPruningConfig from --config (if any) with every given flag laid over it."""
     from ..configuration import AlphaPruningConfig
     from ..errors import ConfigError
 
     values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
-    given = {field: getattr(args, field) for field in CONFIG_DEFAULTS}
-    values.update({field: value for field, value in given.items() if value is not None})
-    if values.get("group_size") == 0:  # --group-size 0: one scale per row
-        values["group_size"] = None
+    values.update(given_values(args))
     values.pop("quant_method", None)
     config = AlphaPruningConfig.from_dict(values)
     pattern = config.nm_pattern
@@ -262,7 +100,7 @@ def resolve_config(args: argparse.Namespace):
 def run_label(config) -> str:
     """How the run is described everywhere (stage header, summary): sparsity, pattern, allocation, method."""
     structure = config.sparsity_structure
-    if config.structure == "width" and not config.sparsifies_after_width:
+    if config.width_only:
         return f"{config.sparsity:.0%} of the block weights (width: heads and channels, {config.allocation} allocation)"
     if config.nm_pattern is not None:
         return f"{config.effective_sparsity:.0%} ({structure} pattern, {config.method})"
@@ -274,7 +112,7 @@ def default_output(model: str, config) -> Path:
     """``outputs/<model>-<allocation>-<method>-<percent>`` (``...-2of4-magnitude-50`` for a fixed N:M pattern,
     ``...-alpha-wanda-mixed8-50`` for mixed N:M), named by the sparsity the run aims at."""
     percent = f"{config.effective_sparsity * 100:g}".replace(".", "p")
-    if config.structure == "width" and not config.sparsifies_after_width:  # e.g. smollm2-135m-alpha-width-30
+    if config.width_only:  # e.g. smollm2-135m-alpha-width-30
         return Path("outputs") / f"{model_slug(model)}-{config.allocation}-width-{percent}"
     pattern, mixed = config.nm_pattern, config.nm_mixed_group
     if pattern is not None:
@@ -293,9 +131,9 @@ def _perplexity(pruner, args: argparse.Namespace) -> float:
 
 def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: float, memory: dict) -> None:
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
-    score_name = {"alpha": config.metric, "owl": "outlier_ratio"}.get(config.allocation, "score")
+    score_name = report.score_name
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
-    width_only = config.structure == "width" and not config.sparsifies_after_width
+    width_only = report.width_only
     print()
     if report.structured:
         print("Block widths kept (query heads, key/value heads, MLP channels) and share of block weights removed:")
@@ -343,10 +181,8 @@ def check_before_loading(args: argparse.Namespace):
 
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
-    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
-    from ..checkpoint.compressed_tensors import check_config_for_format
-
-    check_config_for_format(config, args.format)
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite,
+                       config=config)  # e.g. --bits without --format compressed-tensors, before loading
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -384,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
         from ..pruner import AlphaPruner
 
         pruner = AlphaPruner.from_pretrained(args.model, show_progress=show, **load_kwargs(args))
-    from ..checkpoint.compressed_tensors import check_model_for_format
+    from ..checkpoint.writers import get_writer
 
-    check_model_for_format(pruner.block_weights(config), args.format)  # before any slow work on the weights
+    get_writer(args.format).check_model(pruner.model, config)  # e.g. fused experts it cannot pack, before pruning
     ppl: dict[str, Any] = {}
     if args.eval:
         from ..evaluate import evaluation_protocol

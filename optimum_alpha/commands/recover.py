@@ -86,7 +86,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..recovery import RecoveryInterrupted, recover
-    from .cli import INTERRUPTED, fail
+    from ..interrupts import INTERRUPTED_EXIT_CODE as INTERRUPTED
+    from .common import fail
 
     config = config_from_args(args)  # every flag value checked before anything loads
     start = time.perf_counter()

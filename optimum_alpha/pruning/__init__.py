@@ -1,6 +1,9 @@
-"""Within-layer pruning methods (which weights go), registered by name."""
+"""Within-layer pruning methods (which weights go), one plug-in module each.
 
-from . import alps, magnitude, sparsegpt, wanda  # noqa: F401  (registration)
-from .base import PRUNERS, LayerPruner, get_pruner_class, register_pruner
+Add one by writing ``optimum_alpha/pruning/<name>.py`` with a :class:`LayerPruner` subclass decorated
+``@register_pruner("<name>")``; the registry imports the plug-in modules itself (see :mod:`optimum_alpha.plugins`).
+"""
 
-__all__ = ["PRUNERS", "LayerPruner", "get_pruner_class", "register_pruner"]
+from .base import PRUNERS, LayerPruner, get_pruner_class, pruner_names, register_pruner
+
+__all__ = ["PRUNERS", "LayerPruner", "get_pruner_class", "pruner_names", "register_pruner"]

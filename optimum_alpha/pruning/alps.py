@@ -37,7 +37,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import LayerPruner, register_pruner
-from .gram import update_gram
+from .gram import check_percdamp, damped_hessian, update_gram
 from .masks import check_nm_columns, count_to_prune, matrix_mask, nm_mask
 
 CHECK_EVERY = 3  # iterations between two support comparisons / ρ updates
@@ -69,6 +69,12 @@ class ALPSPruner(LayerPruner):
 
     options = ("percdamp", "alps_rho", "alps_max_iter", "alps_pcg_iters", "alps_pcg_tol")
 
+    @classmethod
+    def check_config(cls, config: object) -> None:
+        check_percdamp(config.percdamp)  # type: ignore[attr-defined]
+        check_alps_options(float(config.alps_rho), config.alps_max_iter, config.alps_pcg_iters,  # type: ignore[attr-defined]
+                           float(config.alps_pcg_tol))  # type: ignore[attr-defined]
+
     def __init__(
         self,
         name: str,
@@ -79,7 +85,7 @@ class ALPSPruner(LayerPruner):
         alps_pcg_tol: float = 1e-4,
         **options: object,
     ) -> None:
-        super().__init__(name)  # the values were validated by AlphaPruningConfig (check_alps_options)
+        super().__init__(name)  # the values were validated by check_config
         self.percdamp = float(percdamp)
         self.rho = float(alps_rho)
         self.max_iter = int(alps_max_iter)
@@ -120,14 +126,7 @@ class ALPSPruner(LayerPruner):
 
     def _normalise(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Damped, diagonal-normalised XᵀX, the scale S, and the weight in the normalised coordinates."""
-        h = self.gram.clone()
-        dead = torch.diag(h) == 0
-        # An input that is always zero carries no signal: its weights can go for free, and a unit diagonal
-        # keeps H positive definite without coupling that input to the others.
-        h[dead, dead] = 1.0
-        w = w.clone()
-        w[:, dead] = 0.0
-        h.diagonal().add_(self.percdamp * torch.mean(torch.diag(h)))
+        h, w = damped_hessian(self.gram, w, self.percdamp)
         scale = torch.diag(h).sqrt()
         h = h / scale[:, None] / scale[None, :]
         return h, scale, w * scale[None, :]

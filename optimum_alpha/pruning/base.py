@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+
 from ..errors import ConfigError
+from ..plugins import import_plugins
+
+PACKAGE = "optimum_alpha.pruning"
+DECORATOR = "register_pruner"
 
 
 class LayerPruner:
@@ -20,6 +25,10 @@ class LayerPruner:
 
     needs_calibration: bool = True
     options: tuple[str, ...] = ()
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse values of this pruner's ``options`` it cannot use (called when the config is made)."""
 
     def __init__(self, name: str, **options: object) -> None:
         self.name = name
@@ -45,10 +54,9 @@ class LayerPruner:
         return None
 
     def fallback(self) -> "LayerPruner":
-        """What prunes this matrix when no calibration input reached it (an expert no token was routed to)."""
-        from .magnitude import MagnitudePruner
-
-        return MagnitudePruner(self.name)
+        """What prunes this matrix when no calibration input reached it (an expert no token was routed to):
+        magnitude pruning, found through the registry."""
+        return get_pruner_class("magnitude")(self.name)
 
 
 PRUNERS: dict[str, type[LayerPruner]] = {}
@@ -62,7 +70,14 @@ def register_pruner(name: str) -> Callable[[type[LayerPruner]], type[LayerPruner
     return decorator
 
 
+def pruner_names() -> tuple[str, ...]:
+    """Every registered layer pruner (importing the plug-in modules first)."""
+    import_plugins(PACKAGE, DECORATOR)
+    return tuple(sorted(PRUNERS))
+
+
 def get_pruner_class(name: str) -> type[LayerPruner]:
+    import_plugins(PACKAGE, DECORATOR)
     if name not in PRUNERS:
-        raise ConfigError(f"Unknown pruning method {name!r}; available: {', '.join(sorted(PRUNERS))}.")
+        raise ConfigError(f"Unknown method {name!r}; choose one of {', '.join(sorted(PRUNERS))}.")
     return PRUNERS[name]

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
+
+def check_percdamp(percdamp: float) -> None:
+    """The Hessian dampening of the second-order pruners (SparseGPT, ALPS) must be a non-negative fraction."""
+    if not 0.0 <= percdamp:
+        raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
+
 
 def update_gram(gram: torch.Tensor | None, tokens: int, inputs: torch.Tensor,
                 factor: float = 1.0) -> tuple[torch.Tensor | None, int]:
@@ -22,3 +30,19 @@ def update_gram(gram: torch.Tensor | None, tokens: int, inputs: torch.Tensor,
     gram.mul_(tokens / total)
     gram.addmm_(flat.T, flat, alpha=factor / total)
     return gram, total
+
+
+def damped_hessian(gram: torch.Tensor, weight: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hessian preparation SparseGPT and ALPS share: a copy of XᵀX with dead inputs handled and
+    ``percdamp`` × its mean diagonal added, and the weight with the dead inputs' columns zeroed (a copy).
+
+    An input that is always zero carries no signal: its weights can go for free, and a unit diagonal keeps
+    H positive definite without coupling that input to the others.
+    """
+    h = gram.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w = weight.clone()
+    w[:, dead] = 0.0
+    h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
+    return h, w

@@ -54,12 +54,13 @@ def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return _lowest_per_row(flat, count_to_prune(flat.shape[1], sparsity)).view_as(scores)
 
 
-def check_nm_columns(columns: int, nm: tuple[int, int] | None, name: str) -> None:
-    """Fail before any work when a layer's input dimension cannot hold whole groups of M."""
+def check_nm_columns(columns: int, nm: tuple[int, int] | None, name: str,
+                     fix: str = "choose an M that divides it (4 and 8 fit most models)") -> None:
+    """Fail before any work when an input dimension cannot hold whole groups of M (the one N:M divisibility
+    check: layer pruners, the pipeline before block 0 and width pruning followed by N:M all call it)."""
     if nm is not None and columns % nm[1]:
         raise ConfigError(
-            f"N:M pattern {nm[0]}:{nm[1]} needs the input dimension to be a multiple of M, but {name} "
-            f"has {columns}; choose an M that divides it."
+            f"N:M with M = {nm[1]} needs the input dimension to be a multiple of M, but {name} has {columns}; {fix}."
         )
 
 
@@ -68,11 +69,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     rows, cols = scores.shape
     if not 0 < n < m:
         raise ConfigError(f"N:M needs 0 < N < M, got {n}:{m}.")
-    if cols % m:
-        raise ConfigError(
-            f"N:M pattern {n}:{m} needs the input dimension to be a multiple of M, but it is {cols}; "
-            "choose an M that divides it."
-        )
+    check_nm_columns(cols, (n, m), "it")
     groups = scores.reshape(rows, cols // m, m)
     order = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
     mask = torch.zeros_like(groups, dtype=torch.bool)

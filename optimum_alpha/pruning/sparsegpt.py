@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import LayerPruner, register_pruner
-from .gram import update_gram
+from .gram import check_percdamp, damped_hessian, update_gram
 from .masks import check_nm_columns, count_to_prune, nm_mask
 
 
@@ -26,6 +26,12 @@ class SparseGPTPruner(LayerPruner):
 
     options = ("percdamp", "blocksize")
     joint_quantisation = True  # its sweep can round the kept weights as it goes (SparseGPT's joint mode)
+
+    @classmethod
+    def check_config(cls, config: object) -> None:
+        check_percdamp(config.percdamp)  # type: ignore[attr-defined]
+        if config.blocksize < 1:  # type: ignore[attr-defined]
+            raise ConfigError(f"blocksize must be >= 1, got {config.blocksize}.")  # type: ignore[attr-defined]
 
     def __init__(self, name: str, percdamp: float = 0.01, blocksize: int = 128, **options: object) -> None:
         super().__init__(name)
@@ -71,15 +77,10 @@ class ColumnQuantiser(Protocol):
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, w: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), after handling dead inputs and dampening H."""
-    h = hessian.clone()
-    dead = torch.diag(h) == 0
-    # An input that is always zero carries no signal: its weights can go, and a unit diagonal keeps H
-    # invertible without coupling that column to the others.
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    damp = percdamp * torch.mean(torch.diag(h))
-    h.diagonal().add_(damp)
+    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), after handling dead inputs and dampening H; the
+    working copy ``w`` loses the dead inputs' columns too."""
+    h, dampened = damped_hessian(hessian, w, percdamp)
+    w.copy_(dampened)
     try:
         lower = torch.linalg.cholesky(h)
     except torch.linalg.LinAlgError as err:

@@ -17,9 +17,9 @@ import math
 from typing import Sequence
 
 from ..errors import ConfigError
+from ..options import BIT_ALLOCATIONS
 from .spec import check_bit_width
 
-BIT_ALLOCATIONS = ("uniform", "alpha")
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 
+from ..options import QUANT_METHODS
 from ..pruning import LayerPruner
 from ..pruning.gram import update_gram
 from .gptq import gptq, joint_sparsegpt
 from .spec import QuantizedMatrix, QuantSpec, rtn
-
-QUANT_METHODS = ("gptq", "rtn")
 
 
 class QuantisingPruner(LayerPruner):

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from .bits import allocate_bits, average_bits, check_bit_budget
-from .layer import QUANT_METHODS
+from ..options import QUANT_METHODS
 from .spec import check_group_size
 
 
@@ -23,6 +23,8 @@ def check_quantization_config(config: Any) -> None:
         config.bit_choices = tuple(sorted({int(b) for b in config.bit_choices}))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bit_choices must be whole numbers such as (4, 8), got {config.bit_choices!r}.") from err
+    if config.group_size == 0:  # the command line's spelling of "one scale per row"
+        config.group_size = None
     if config.group_size is not None and config.group_size < 1:
         raise ConfigError(f"group_size must be >= 1 or None (one scale per row), got {config.group_size}.")
     if config.bits is not None:
@@ -62,11 +64,24 @@ def plan_bit_widths(config: Any, blocks: Sequence[Any], spectra: Callable[[], An
     return {name: width for unit, width in zip(units, widths) for name in unit}
 
 
-def quantization_summary(config: Any, widths: dict[str, int], numels: dict[str, int],
-                         scale_bytes: int) -> dict[str, Any]:
+def plan_quantisation(config: Any, blocks: Sequence[Any], pruner_cls: type, spectra: Callable[[], Any]
+                      ) -> tuple[type, dict[str, int]]:
+    """Before block 0: check every matrix can be quantised, give each its width, and the pruner class that
+    prunes with ``pruner_cls`` and then quantises."""
+    from .layer import quantising_pruner_class
+
+    check_quantizable([m for block in blocks for m in block.matrices], config)
+    widths = plan_bit_widths(config, blocks, spectra)
+    return quantising_pruner_class(pruner_cls, widths, config.group_size, config.weight_quant_method), widths
+
+
+def quantization_summary(config: Any, widths: dict[str, int], blocks: Sequence[Any],
+                         grids: dict[str, Any]) -> dict[str, Any]:
     """What the report, ``alpha_pruning.json`` and the card say about the quantisation of a run."""
     from .spec import QuantSpec
 
+    numels = {m.name: m.numel for block in blocks for m in block.matrices}
+    scale_bytes = next(iter(grids.values())).scales.element_size() if grids else 0
     names = [name for name in widths if name in numels]
     counts = [numels[name] for name in names]
     per_weight = {bits: QuantSpec(bits, config.group_size).bits_per_weight(scale_bytes)

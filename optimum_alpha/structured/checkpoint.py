@@ -18,14 +18,12 @@ from typing import Any
 from torch import nn
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..checkpoint.quantizer import LoadOnlyQuantizer
+from ..checkpoint.formats import WIDTH_QUANT_METHOD, WIDTHS_ATTRIBUTE
+from ..checkpoint.hf_registration import LoadOnlyQuantizer, register_method
 from ..errors import CheckpointError
 from ..model_utils import find_blocks
 from .apply import resize_blocks
 from .layout import BlockWidth
-
-WIDTH_QUANT_METHOD = "alpha_width"
-WIDTHS_ATTRIBUTE = "alpha_block_widths"
 
 
 def record_widths(model: nn.Module, widths: Sequence[BlockWidth], head_dim: int) -> None:
@@ -98,3 +96,6 @@ class AlphaWidthHfQuantizer(LoadOnlyQuantizer):
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         resize_from_config(model)
         return model
+
+
+register_method(WIDTH_QUANT_METHOD, AlphaWidthConfig, AlphaWidthHfQuantizer)  # on import: see _registration.py

@@ -20,8 +20,13 @@ from tqdm.auto import tqdm
 from ..calibration import BlockInputs, run_block
 from ..configuration import AlphaPruningConfig
 from ..errors import ConfigError, ModelStructureError
+from ..interrupts import hold_interrupts
 from ..model_utils import check_finite
+from ..pruning.masks import check_nm_columns
 from ..report import BlockReport, PruningReport
+from ..state import ModelState
+from ..targets import compute_targets
+from ..unstructured import prune_unstructured
 from .apply import shrink_block
 from .checkpoint import record_widths
 from .layout import BlockLayout, WidthPlan, block_layout, max_fraction, plan_block
@@ -44,32 +49,27 @@ def width_bound(layouts: Sequence[BlockLayout], config: AlphaPruningConfig) -> f
     return min(config.max_sparsity, bound)
 
 
-def block_fractions(pruner: Any, config: AlphaPruningConfig, bound: float, show_progress: bool = False
+def block_fractions(state: ModelState, config: AlphaPruningConfig, bound: float, show_progress: bool = False
                     ) -> tuple[list[float], list[float | None]]:
-    """Each block's share of its weights to remove, from the pipeline's own uniform, alpha or OWL allocation
-    (block granularity, every block bounded to ``bound``)."""
+    """Each block's share of its weights to remove, from the pipeline's own registered allocation (block
+    granularity, every block bounded to ``bound``)."""
     allocation_config = replace(config.unstructured_stage(), sparsity=config.sparsity, max_sparsity=bound, nm=None)
-    blocks = pruner.block_weights(allocation_config)
-    targets, scores = pruner.allocate(allocation_config, show_progress, blocks)
-    return [targets[block.matrices[0].name] for block in blocks], scores
+    blocks = state.block_weights(allocation_config)
+    allocated = compute_targets(state, allocation_config, blocks, show_progress)
+    return [allocated.per_matrix[block.matrices[0].name] for block in blocks], allocated.block_scores
 
 
 def _check_nm_after(plans: Sequence[WidthPlan], layouts: Sequence[BlockLayout], m: int) -> None:
     for index, (plan, layout) in enumerate(zip(plans, layouts)):
         for name, columns in (("o_proj", plan.width.num_attention_heads * layout.head_dim),
                               ("down_proj", plan.width.intermediate_size)):
-            if columns % m:
-                raise ConfigError(
-                    f"After width pruning, block {index}'s {name} has {columns} inputs, not a multiple of the "
-                    f"N:M group M = {m}; choose another sparsity or M, or drop nm."
-                )
+            check_nm_columns(columns, (1, m), f"after width pruning block {index}'s {name}",
+                             "choose another sparsity or M, or drop nm")
 
 
 def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: WidthPlan,
                  inputs: BlockInputs, config: AlphaPruningConfig) -> dict[str, Any]:
     """Select, refit and shrink one block; returns its new width and reconstruction errors."""
-    from ..pruner import hold_interrupts
-
     o_proj, down_proj = layout.attention.o_proj, layout.mlp.down_proj
     stats = GramCollector(o_proj), GramCollector(down_proj)
     try:
@@ -100,34 +100,37 @@ def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: 
 
 
 @torch.no_grad()
-def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = True) -> PruningReport:
-    """Width-prune every block of ``pruner.model`` in place; the report's sparsities are removed fractions."""
+def prune_widths(state: ModelState, config: AlphaPruningConfig, show_progress: bool = True) -> PruningReport:
+    """Width-prune every block of ``state.model`` in place; the report's sparsities are removed fractions."""
     start = time.perf_counter()
-    layouts = [block_layout(block, i) for i, block in enumerate(pruner.blocks)]
-    if any(p.device.type == "meta" for block in pruner.blocks for p in block.parameters()):
+    layouts = [block_layout(block, i) for i, block in enumerate(state.blocks)]
+    if any(p.device.type == "meta" for block in state.blocks for p in block.parameters()):
         raise ModelStructureError(
             "Width pruning rebuilds the blocks' Linear layers, so the weights must be in memory; load the model "
             "without disk offload (device_map) for structure='width'."
         )
-    for index, block in enumerate(pruner.blocks):  # a NaN in block k fails before block 0 is touched
+    for index, block in enumerate(state.blocks):  # a NaN in block k fails before block 0 is touched
         for name, module in block.named_modules():
             if isinstance(module, torch.nn.Linear):
-                check_finite(module.weight.data, f"{pruner.blocks_path}.{index}.{name}")
+                check_finite(module.weight.data, f"{state.blocks_path}.{index}.{name}")
     bound = width_bound(layouts, config)
-    fractions, scores = block_fractions(pruner, config, bound, show_progress)
+    fractions, scores = block_fractions(state, config, bound, show_progress)
     plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
              for i, (layout, fraction) in enumerate(zip(layouts, fractions))]
     if config.sparsifies_after_width and config.nm_group is not None:
         _check_nm_after(plans, layouts, config.nm_group)
-    report = PruningReport(config=config.to_dict())
-    pruner.last_report = report
-    inputs, report.calibration = pruner._calibration_inputs(config)
-    progress = tqdm(list(enumerate(pruner.blocks)), desc="Width pruning", unit="block", disable=not show_progress)
+    from ..allocations import get_allocation
+
+    report = PruningReport(config=config.to_dict(), sparsity_cap=float(config.max_sparsity), width_only=True,
+                           score_name=get_allocation(config.allocation).score_name(config))
+    state.last_report = report
+    inputs, report.calibration = state.calibration_inputs(config, "Width pruning")
+    progress = tqdm(list(enumerate(state.blocks)), desc="Width pruning", unit="block", disable=not show_progress)
     for index, block in progress:
         block_start = time.perf_counter()
         layout, plan = layouts[index], plans[index]
         outcome = _prune_block(block, index, layout, plan, inputs, config)
-        record_widths(pruner.model, [block_layout(b, i).width for i, b in enumerate(pruner.blocks)],
+        record_widths(state.model, [block_layout(b, i).width for i, b in enumerate(state.blocks)],
                       layout.head_dim)
         report.structured.append({**outcome, "target_fraction": fractions[index]})
         report.blocks.append(BlockReport(index=index, score=scores[index], target_sparsity=fractions[index],
@@ -140,18 +143,15 @@ def prune_widths(pruner: Any, config: AlphaPruningConfig, show_progress: bool = 
     return report
 
 
-def prune_structured(pruner: Any, config: AlphaPruningConfig, show_progress: bool = True):
+def prune_structured(state: ModelState, config: AlphaPruningConfig, show_progress: bool = True):
     """``structure="width"``: width pruning, then (if asked) unstructured/N:M pruning of what is left.
     Returns ``(model, report)`` like :meth:`AlphaPruner.prune`; the report of a two-stage run is the second
     stage's, with the width stage under ``report.structured``."""
-    width_report = prune_widths(pruner, config, show_progress)
+    width_report = prune_widths(state, config, show_progress)
     if not config.sparsifies_after_width:
-        return pruner.model, width_report
+        return state.model, width_report
     stage = config.unstructured_stage()
-    pruner.esd_report = None  # stale: the spectra of the smaller matrices drive the second allocation
-    if config.allocation == "alpha":
-        pruner.analyze(fix_finger=config.fix_finger, show_progress=show_progress, block_score=config.block_score,
-                       config=stage)
-    model, report = pruner.prune(stage, show_progress)
+    state.esd_report = None  # stale: the spectra of the smaller matrices drive the second allocation
+    model, report = prune_unstructured(state, stage, show_progress)
     report.structured = width_report.structured
     return model, report

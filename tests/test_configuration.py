@@ -29,7 +29,7 @@ def test_config_round_trips_through_dict_and_json(tmp_path):
     [
         ({"sparsity": 1.5}, "sparsity must be in"),
         ({"sparsity": -0.1}, "sparsity must be in"),
-        ({"method": "obs"}, "Unknown method 'obs'; choose one of magnitude, wanda, sparsegpt"),
+        ({"method": "obs"}, "Unknown method 'obs'; choose one of alps, magnitude, sparsegpt, wanda"),
         ({"allocation": "global"}, "Unknown allocation"),
         ({"metric": "alpha"}, "Unknown metric"),
         ({"epsilon": 1.2}, "epsilon must be in"),

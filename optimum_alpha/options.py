@@ -1,0 +1,227 @@
+"""Every option of a pruning run, once: name, default, kind, choices, help and command-line flag.
+
+This module is the one source the config (:class:`~optimum_alpha.AlphaPruningConfig` takes its defaults
+here), the command line (both entry points generate their flags from :data:`OPTIONS`), ``setup.cfg``'s
+summary and the option table of docs/cli.md read. It imports neither torch nor transformers, so ``--help``
+stays instant. Choices that are registries (layer pruners, allocations, checkpoint writers) are read from
+the plug-in files themselves (:mod:`optimum_alpha.plugins`), so adding a plug-in never edits this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .plugins import declared_names
+
+SUMMARY = (
+    "AlphaPruning for Hugging Face LLMs: heavy-tailed layer-wise sparsity allocation with pluggable layer "
+    "pruners, allocations and checkpoint formats"
+)
+
+METRICS = ("alpha_hill", "alpha_hat", "stable_rank", "entropy", "frobenius_norm_sq", "spectral_norm_sq")
+METRIC_ALIASES = {"frobenius_norm": "frobenius_norm_sq", "spectral_norm": "spectral_norm_sq"}
+GRANULARITIES = ("block", "matrix")
+FIX_FINGERS = ("reference", "strict")
+SAMPLINGS = ("document", "joined")
+BLOCK_SCORES = ("mean", "weighted")
+ESD_SAMPLINGS = ("full", "farms")
+STRUCTURES = ("unstructured", "width")
+AUTO = "auto"
+DEFAULT_MAX_SEQLEN = 2048  # calibration windows never default to the model's full context
+MIXED_NM_PREFIX = "mixed:"
+QUANT_METHODS = ("gptq", "rtn")
+BIT_ALLOCATIONS = ("alpha", "uniform")
+
+
+def pruner_names() -> tuple[str, ...]:
+    """Layer pruners, from the ``@register_pruner`` declarations in optimum_alpha/pruning/."""
+    return declared_names("optimum_alpha.pruning", "register_pruner")
+
+
+def allocation_names() -> tuple[str, ...]:
+    """Allocations, from the ``@register_allocation`` declarations in optimum_alpha/allocations/."""
+    return declared_names("optimum_alpha.allocations", "register_allocation")
+
+
+def format_names() -> tuple[str, ...]:
+    """Checkpoint writers, from the ``@register_writer`` declarations in optimum_alpha/checkpoint/writers/."""
+    return declared_names("optimum_alpha.checkpoint.writers", "register_writer")
+
+
+REGISTRY_CHOICES = {"pruners": pruner_names, "allocations": allocation_names, "formats": format_names}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One config field and its flag.
+
+    ``kind`` says how the command line parses it: ``float``, ``int``, ``count`` (an int >= 1), ``str``,
+    ``choice``, ``epsilon`` (a number or ``auto``), ``floats`` (one or more numbers), ``patterns``
+    (repeatable), ``flag_on`` (present = True) or ``flag_off`` (present = False). ``choices`` is a tuple or
+    the name of a registry in :data:`REGISTRY_CHOICES`. ``flag=None`` keeps the field off the command line
+    (``cli_note`` says why).
+    """
+
+    name: str
+    default: Any
+    kind: str
+    help: str
+    group: str
+    choices: tuple[str, ...] | str | None = None
+    flag: str | None = ""
+    metavar: str | None = None
+    cli_note: str = ""
+
+    @property
+    def cli_flag(self) -> str | None:
+        if self.flag is None:
+            return None
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def choice_values(self) -> tuple[str, ...] | None:
+        if isinstance(self.choices, str):
+            return REGISTRY_CHOICES[self.choices]()
+        return self.choices
+
+
+OPTIONS: tuple[Option, ...] = (
+    # what goes
+    Option("sparsity", 0.5, "float", "global fraction of prunable block weights to remove, in [0, 1)", "pruning",
+           metavar="S"),
+    Option("method", "wanda", "choice", "which weights go inside a layer", "pruning", choices="pruners"),
+    Option("nm", None, "str", "semi-structured sparsity: N:M such as 2:4 (N kept per M weights, sets the "
+           "sparsity) or mixed:M such as mixed:8 (each block gets its own N from the allocation)", "pruning",
+           metavar="N:M|mixed:M"),
+    Option("ignore", None, "patterns", "keep matching block weights dense (repeatable): a module name or "
+           "'re:REGEX', e.g. 're:.*self_attn.*'; MoE routers are kept dense anyway", "pruning",
+           metavar="PATTERN"),
+    Option("prune_routers", False, "flag_on", "prune MoE router weights like any matrix (default: dense)",
+           "pruning"),
+    # how it is spread
+    Option("allocation", "alpha", "choice", "how sparsity is spread over blocks", "allocation",
+           choices="allocations"),
+    Option("metric", "alpha_hill", "choice", "ESD metric that drives the alpha allocation", "allocation",
+           choices=METRICS),
+    Option("epsilon", 0.3, "epsilon", "alpha allocation spread: block sparsities lie in [1-E, 1+E] times the "
+           "target; 'auto' prunes once per epsilon-grid value, keeps the lowest perplexity on held-out "
+           "calibration-source windows (never the eval set) and prunes again", "allocation",
+           metavar="E|auto"),
+    Option("epsilon_grid", (0.1, 0.2, 0.3, 0.4, 0.5), "floats", "the epsilon values tried by epsilon auto",
+           "allocation", metavar="E"),
+    Option("heldout", 8, "count", "held-out windows scoring epsilon auto", "allocation", metavar="N"),
+    Option("max_sparsity", 0.99, "float", "no block gets more sparsity than this; the rest is redistributed",
+           "allocation", metavar="S"),
+    Option("granularity", "block", "choice", "allocate per block (paper) or per matrix", "allocation",
+           choices=GRANULARITIES),
+    Option("fix_finger", "reference", "choice", "xmin window of the Hill fit: reference (authors' code) or "
+           "strict", "allocation", choices=FIX_FINGERS),
+    Option("esd_sampling", "full", "choice", "ESD of each whole matrix (full) or FARMS: eigenvalues of "
+           "fixed-aspect-ratio windows on a grid, pooled (removes the aspect-ratio bias of alpha)", "allocation",
+           choices=ESD_SAMPLINGS),
+    Option("farms_rows", 100, "count", "with esd-sampling farms: rows of every sampled window", "allocation",
+           metavar="N"),
+    Option("farms_q_ratio", 2.0, "float", "with esd-sampling farms: columns per row of every window",
+           "allocation", metavar="Q"),
+    Option("farms_ops_per_dim", 10, "count", "with esd-sampling farms: window starts per dimension",
+           "allocation", metavar="N"),
+    Option("block_score", "mean", "choice", "a block's score from its matrices' metrics: mean (paper) or "
+           "parameter-weighted", "allocation", choices=BLOCK_SCORES),
+    Option("owl_threshold", 5.0, "float", "OWL's M: an activation is an outlier above M times its layer's mean",
+           "allocation", metavar="M"),
+    Option("owl_lambda", 0.08, "float", "OWL's lambda: block sparsities lie in target +- lambda", "allocation",
+           metavar="L"),
+    # calibration
+    Option("calibration_dataset", "c4", "str", "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet "
+           "file with a 'text' field", "calibration", flag="--calibration", metavar="c4|wikitext2|PATH"),
+    Option("calibration_sampling", "document", "choice", "document: each window inside one document longer "
+           "than it, at a random offset (the references); joined: documents joined and cut into consecutive "
+           "windows", "calibration", choices=SAMPLINGS),
+    Option("nsamples", None, "count", "number of calibration windows; default: the paper's 128, or as many as "
+           "the source holds", "calibration", metavar="N"),
+    Option("seqlen", None, "count", "tokens per calibration window; default min(2048, model max positions)",
+           "calibration", metavar="N"),
+    Option("seed", 0, "int", "seed of the calibration sampling", "calibration", metavar="N"),
+    Option("tokenizer", None, "str", "tokenizer for pruning inside from_pretrained", "calibration", flag=None,
+           cli_note="the command line calibrates with the model's own tokenizer"),
+    # layer solvers
+    Option("percdamp", 0.01, "float", "sparsegpt/alps: dampening added to XᵀX, as a fraction of its mean "
+           "diagonal", "solver", metavar="F"),
+    Option("blocksize", 128, "count", "sparsegpt: columns pruned together", "solver", metavar="N"),
+    Option("alps_rho", 0.1, "float", "alps: initial ADMM penalty rho0", "solver", metavar="R"),
+    Option("alps_max_iter", 300, "count", "alps: most ADMM iterations per layer", "solver", metavar="N"),
+    Option("alps_pcg_iters", 10, "int", "alps: conjugate-gradient iterations refitting the kept weights "
+           "(0: no refit)", "solver", metavar="N"),
+    Option("alps_pcg_tol", 1e-4, "float", "alps: relative residual at which the refit stops", "solver",
+           metavar="T"),
+    # width pruning
+    Option("structure", "unstructured", "choice", "unstructured: zeros inside the weights; width: remove whole "
+           "attention heads and MLP channels for a smaller dense model", "width", choices=STRUCTURES),
+    Option("unstructured_sparsity", None, "float", "with structure width: then zero this fraction of the "
+           "remaining weights with the method", "width", metavar="S"),
+    Option("structured_refit", True, "flag_off", "with structure width: only slice o_proj/down_proj, no "
+           "least-squares refit (default: refit)", "width", flag="--no-refit"),
+    Option("structured_damp", 0.01, "float", "with structure width: ridge of the least-squares refit, as a "
+           "fraction of the mean diagonal of the Gram matrix", "width", metavar="F"),
+    Option("prune_kv_groups", None, "flag_on", "with structure width: remove whole key/value groups, not query "
+           "heads inside each group (default: off, except for multi-head attention)", "width"),
+    Option("head_sparsity", None, "float", "with structure width: fraction of query heads per KV group (or of "
+           "groups) removed in every block; default: each block's own share", "width", metavar="S"),
+    # integer weights (docs/quantisation.md)
+    Option("bits", None, "float", "quantise the block weights to integers after pruning, with this average bit "
+           "width over them (never exceeded; e.g. 4, or 4.5 over bit-choices 4 8); needs format "
+           "compressed-tensors; sparsity 0 quantises without pruning", "quantisation", metavar="B"),
+    Option("group_size", 128, "int", "inputs sharing one scale (must divide every matrix's inputs); 0: one "
+           "scale per output row", "quantisation", metavar="N"),
+    # Not ``quant_method``: transformers reads that attribute of every quantization config to pick the
+    # quantizer (ours is "alpha_pruning"), so the weight quantiser's field needs a name of its own.
+    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; one joint sweep with "
+           "sparsegpt) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
+    Option("bit_allocation", "alpha", "choice", "alpha: lower-alpha blocks get the wider widths; uniform: no "
+           "preference (a budget between two widths is spread evenly over the depth)", "quantisation",
+           choices=BIT_ALLOCATIONS),
+    Option("bit_choices", (4, 8), "floats", "the bit widths to choose from (2 to 8; vLLM serves 4 and 8)",
+           "quantisation", metavar="B"),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The default of option ``name`` (what the config and the command line both use)."""
+    return BY_NAME[name].default
+
+
+def canonical_metric(name: str) -> str:
+    """Old metric names (``frobenius_norm``, ``spectral_norm``) map to the squared-norm names."""
+    return METRIC_ALIASES.get(name, name)
+
+
+def resolve_seqlen(seqlen: int | None, max_positions: int | None, flag: str = "seqlen") -> int:
+    """The one window-length rule (calibration and evaluation): None means min(2048, the model's positions),
+    never the full context; a longer request than the model's positions is refused."""
+    limit = max_positions or DEFAULT_MAX_SEQLEN
+    if seqlen is None:
+        return min(DEFAULT_MAX_SEQLEN, limit)
+    if max_positions is not None and seqlen > max_positions:
+        raise ConfigError(
+            f"{flag} {seqlen} exceeds the model's maximum positions ({max_positions}); use {flag} <= {max_positions}."
+        )
+    return int(seqlen)
+
+
+def markdown_table() -> str:
+    """The option table of docs/cli.md (a test keeps the doc equal to this)."""
+    lines = ["| flag | config field | default | choices / values | what it does |", "| --- | --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        choices = option.choice_values()
+        values = ", ".join(choices) if choices else option.metavar or ""
+        flag = f"`{option.cli_flag}`" if option.cli_flag else f"(none: {option.cli_note})"
+        default_text = "None" if option.default is None else str(option.default)
+        lines.append(f"| {flag} | `{option.name}` | {default_text} | {values} | {option.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m optimum_alpha.options: the table for docs/cli.md
+    print(markdown_table())

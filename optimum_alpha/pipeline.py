@@ -1,0 +1,27 @@
+"""Which stages a config runs: ε search around a fixed-ε prune; width pruning, or unstructured/N:M pruning.
+
+The facade (:class:`~optimum_alpha.AlphaPruner`) calls :func:`prune_model`; the stages never call the facade.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .epsilon_search import search_epsilon
+from .state import ModelState
+from .structured import prune_structured
+from .unstructured import prune_unstructured
+
+
+def prune_with_fixed_epsilon(state: ModelState, config: Any, show_progress: bool = True):
+    """One prune: heads and channels first with ``structure="width"`` (then, optionally, unstructured)."""
+    if config.structure == "width":
+        return prune_structured(state, config, show_progress)
+    return prune_unstructured(state, config, show_progress)
+
+
+def prune_model(state: ModelState, config: Any, show_progress: bool = True):
+    """Prune ``state.model`` in place as ``config`` says; returns ``(model, PruningReport)``."""
+    if config.searches_epsilon:  # one prune per grid value, then one more with the best ε
+        return search_epsilon(state, config, prune_with_fixed_epsilon, show_progress)
+    return prune_with_fixed_epsilon(state, config, show_progress)
