@@ -42,6 +42,7 @@ class PruningReport:
     structured: list[dict[str, Any]] = field(default_factory=list)
     # bits set: method, widths per matrix, average and stored bits per weight (see quantization.plan)
     quantization: dict[str, Any] = field(default_factory=dict)
+    reconstruction_s: float = 0.0  # reconstruct="block": seconds spent refitting (included in elapsed_s)
     # Typed run semantics, set once by the stage that makes the report (nobody re-parses the config dict):
     sparsity_cap: float | None = None  # the most any unit could get (None: a fixed N:M pattern decides)
     score_name: str = "score"  # what the block scores are (alpha_hill, outlier_ratio...)

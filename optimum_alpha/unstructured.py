@@ -24,6 +24,7 @@ from .model_utils import check_block_parameters, max_positions
 from .pruning import LayerPruner, get_pruner_class
 from .quantization.plan import plan_quantisation, quantization_summary
 from .quantization.state import forget_quantization, record_quantized, recorded_grids
+from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .state import ModelState
 from .statistics import collect_block_statistics
@@ -77,7 +78,7 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         report = new_report(config, blocks, targets)
         state.last_report = report
         inputs = None
-        if pruner_cls.needs_calibration:
+        if pruner_cls.needs_calibration or config.reconstruct == "block":
             inputs, report.calibration = state.calibration_inputs(config)
         progress = tqdm(list(enumerate(state.blocks)), desc=f"Pruning ({config.method})", unit="block",
                         disable=not show_progress)
@@ -88,6 +89,11 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
             if inputs is not None:
                 collect_block_statistics(block, index, matrices, pruners, inputs)
             new_weights = prune_block(matrices, pruners, targets, config.nm_group, report)
+            if config.reconstruct == "block" and inputs is not None:  # float weights only (bits refuse it)
+                refit = reconstruct_block(block, index, matrices, new_weights, inputs, config.reconstruct_iters,
+                                          config.reconstruct_damp)
+                new_weights = refit.weights
+                report.reconstruction_s += refit.seconds
             quantized = {name: p.quantized for name, p in pruners.items() if getattr(p, "quantized", None)}
             with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                 write_block(index, matrices, new_weights, targets, blocks[index], allocated.block_scores, report)

@@ -134,6 +134,15 @@ def test_speed_esd_table_compares_fast_and_naive(factory):
     assert ratios[0].startswith("ratio") and all(cell.endswith("x") for cell in ratios[1:4])
 
 
+def test_speed_farms_table_times_both_estimators(factory):
+    text = speed.main(["--part", "farms", "--repeats", "1"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["full ESD (fix-finger peak)", "FARMS 100 x 200, 10 x 10 windows (xmin mid)",
+                                    "ratio (FARMS / full)"]
+    assert all(float(v) > 0 for v in rows[0][1:4] + rows[1][1:4])
+    assert "mean shift by matrix shape" in text
+
+
 def test_naive_hill_matches_library_fit_on_a_random_matrix():
     from optimum_alpha.esd import hill_fit, matrix_eigenvalues
 

@@ -326,6 +326,7 @@ def test_a_quantised_model_is_not_saved_as_floats_and_a_float_one_not_as_integer
     (dict(bits=3), "outside bit_choices"), (dict(bits=4, bit_choices=(4, 9)), "from 2 to 8"),
     (dict(bits=4, weight_quant_method="awq"), "Unknown quant_method"), (dict(bits=4, group_size=-1), "group_size"),
     (dict(bits=4, bit_allocation="owl"), "Unknown bit_allocation"),
+    (dict(bits=4, reconstruct="block"), "off their integer grid"),
 ])
 def test_bad_quantisation_options(fields, fragment):
     assert AlphaPruningConfig(bits=4, group_size=0).group_size is None  # 0: the CLI's "one scale per row"

@@ -55,6 +55,8 @@ class Allocation:
     needs_calibration: ClassVar[bool] = False
     needs_esd: ClassVar[bool] = False
     block_only: ClassVar[bool] = False
+    # (option, grid option) that "auto" searches on held-out windows (alpha's ε, ATP's β), or None
+    searched_option: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def score_name(cls, config: Any) -> str:

@@ -29,6 +29,10 @@ def check_quantization_config(config: Any) -> None:
         raise ConfigError(f"group_size must be >= 1 or None (one scale per row), got {config.group_size}.")
     if config.bits is not None:
         check_bit_budget(float(config.bits), config.bit_choices, config.bit_allocation)
+        if getattr(config, "reconstruct", "none") == "block":
+            raise ConfigError("reconstruct='block' refits the kept weights after each block is solved, which would "
+                              "move them off their integer grid; with bits, GPTQ already compensates the rounding: "
+                              "drop reconstruct (or bits).")
 
 
 def check_quantizable(matrices: Sequence[Any], config: Any) -> None:
