@@ -15,7 +15,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
-from .allocations import get_allocation
+from .allocations import allocation_classes, get_allocation
 from .errors import ConfigError
 from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
@@ -33,7 +33,7 @@ from .options import (
     default,
     resolve_seqlen,
 )
-from .pruning import get_pruner_class
+from .pruning import get_pruner_class, pruner_classes
 from .quantization.plan import check_quantization_config
 from .reconstruction import check_reconstruct
 
@@ -268,7 +268,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
-        pruner_cls = get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
+        get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
         allocation_cls = get_allocation(self.allocation)
         self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
@@ -293,8 +293,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         mixed = parse_mixed_nm(self.nm)
         if mixed is not None:
             check_mixed_sparsity(float(self.sparsity), mixed)
-        allocation_cls.check_config(self)  # each plug-in validates the fields it reads
-        pruner_cls.check_config(self)
+        for plugin in (*allocation_classes(), *pruner_classes()):  # each validates the fields it reads
+            plugin.check_config(self)
+        allocation_cls.check_chosen(self)
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
