@@ -40,6 +40,13 @@ class CheckpointWriter:
     def check_model(self, model: Any, config: Any) -> None:
         """Refuse, after loading and before pruning, a model whose pruned matrices this format cannot hold."""
 
+    def __init__(self, **options: Any) -> None:
+        """``options``: the format's own save options (``save_pretrained(..., gguf_type=...)``); none by default."""
+        if options:
+            raise CheckpointError(
+                f"checkpoint format {self.name!r} takes no options, got {', '.join(sorted(options))}"
+            )
+
     def check_request(self, model: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """Refuse, before any file is written, a model this format cannot hold (one line naming the fix)."""
         from ...quantization.state import recorded_grids
@@ -52,9 +59,11 @@ class CheckpointWriter:
                 "them as floats; save with format='compressed-tensors'."
             )
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         """Write the weights and ``config.json`` into ``folder``; returns the ``quantization_config`` written
-        (None for plain checkpoints). ``data`` (the future ``alpha_pruning.json``) may be extended."""
+        (None for plain checkpoints). ``data`` (the future ``alpha_pruning.json``) may be extended; the
+        tokenizer is saved next to the weights by ``save_pruned`` (a format that embeds it reads it here)."""
         raise NotImplementedError
 
     def load_section(self, repo_hint: str) -> str:
@@ -82,11 +91,12 @@ def writer_names() -> tuple[str, ...]:
     return tuple(sorted(_WRITERS))
 
 
-def get_writer(name: str) -> CheckpointWriter:
+def get_writer(name: str, **options: Any) -> CheckpointWriter:
+    """The writer of ``name``, built with its save ``options`` (a format without options refuses any)."""
     import_plugins(PACKAGE, DECORATOR)
     if name not in _WRITERS:
         raise CheckpointError(f"unknown checkpoint format {name!r}; choose one of {', '.join(sorted(_WRITERS))}")
-    return _WRITERS[name]()
+    return _WRITERS[name](**options)
 
 
 def writer_for_quant_method(quant_method: str | None) -> CheckpointWriter | None:

@@ -43,7 +43,8 @@ class CompressedTensorsWriter(CheckpointWriter):
         if model is not None:
             quantized_modules(model)  # quantised, every quantised matrix an nn.Linear, one block width
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         quantization_config, recorded = write_compressed_tensors(model, folder, max_shard_size)
         data["compressed_tensors"] = recorded
         return quantization_config
