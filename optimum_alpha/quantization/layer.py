@@ -20,7 +20,7 @@ import torch
 
 from ..options import QUANT_METHODS
 from ..pruning import LayerPruner
-from ..pruning.gram import update_gram
+from ..pruning.gram import GramSum
 from .gptq import gptq, joint_sparsegpt
 from .spec import QuantizedMatrix, QuantSpec, rtn
 
@@ -38,22 +38,21 @@ class QuantisingPruner(LayerPruner):
         self.blocksize = int(blocksize)
         # GPTQ needs XᵀX; collect it here only when the inner pruner keeps none (Wanda, magnitude).
         self._own_gram = method == "gptq" and type(inner).input_hessian is LayerPruner.input_hessian
-        self.gram: torch.Tensor | None = None
-        self.tokens = 0
+        self.statistic = GramSum(factor=2.0) if self._own_gram else None  # Σ 2·xxᵀ in float64
         self.quantized: QuantizedMatrix | None = None
 
     @property
     def calibrated(self) -> bool:
-        return self.inner.calibrated and (not self._own_gram or self.gram is not None)
+        return self.inner.calibrated and (self.statistic is None or self.statistic.mean() is not None)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         if self.inner.needs_calibration:
             self.inner.add_batch(inputs)
-        if self._own_gram:
-            self.gram, self.tokens = update_gram(self.gram, self.tokens, inputs, factor=2.0)
+        if self.statistic is not None:
+            self.statistic.add_batch(inputs)
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
-        hessian = self.gram if self._own_gram else self.inner.input_hessian()
+        hessian = self.statistic.mean() if self.statistic is not None else self.inner.input_hessian()
         options = dict(percdamp=self.percdamp, blocksize=self.blocksize, name=self.name)
         if self.method == "gptq" and getattr(self.inner, "joint_quantisation", False):
             self.quantized = joint_sparsegpt(weight, hessian, self.spec, sparsity, nm, **options)
@@ -69,7 +68,8 @@ class QuantisingPruner(LayerPruner):
 
     def free(self) -> None:
         self.inner.free()
-        self.gram = None
+        if self.statistic is not None:
+            self.statistic = GramSum(factor=2.0)
 
     def fallback(self) -> LayerPruner:
         """No calibration input: magnitude pruning, then round to nearest (GPTQ would need the inputs)."""
