@@ -46,8 +46,27 @@ class LayerPruner:
         """Return the pruned copy of ``weight`` (out, in), same dtype."""
         raise NotImplementedError
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """This process's statistics as float64 sums over its tokens (zeros when it saw none), so that a
+        data-parallel run can sum them over ranks (:mod:`optimum_alpha.distributed`); ``width`` is the
+        matrix's number of inputs. A pruner without statistics returns none."""
+        return []
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        """Take the sums over ranks of what :meth:`partial_sums` returned."""
+
     def free(self) -> None:
         """Drop accumulated statistics."""
+
+    def input_hessian(self) -> torch.Tensor | None:
+        """The layer's accumulated XᵀX (any positive multiple), for pruners that keep one: GPTQ after this
+        pruner reuses it instead of collecting it again."""
+        return None
+
+    def fallback(self) -> "LayerPruner":
+        """What prunes this matrix when no calibration input reached it (an expert no token was routed to):
+        magnitude pruning, found through the registry."""
+        return get_pruner_class("magnitude")(self.name)
 
 
 PRUNERS: dict[str, type[LayerPruner]] = {}
