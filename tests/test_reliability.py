@@ -1,0 +1,351 @@
+"""Issue 27 (reliability, round two): the report after an interrupted ε search, width prune or a prune stopped
+before block 0; dense-folder verification; finite checks before width pruning; routers as prunable matrices;
+one-line errors for typed fields, calibration files, output folders and corrupt shards; width + N:M; the Hub
+push time-out. docs/guarantees.md names each test next to its promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from optimum_alpha import AlphaPruner, AlphaPruningConfig
+from optimum_alpha.errors import CalibrationDataError, CheckpointError, ConfigError, ModelStructureError
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """The CLI's main() in-process: its exit code and the stderr lines."""
+    from optimum_alpha.commands.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+# --- items 1 and 5: the report after an interruption is true (a real SIGINT in a real process) -----------
+
+# Each scenario sends the process a real SIGINT at one deterministic point of a prune and prints what a
+# caller then sees: the report, and whether the model still has its weights from before the prune.
+INTERRUPT_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    from transformers import AutoTokenizer
+    from conftest import make_tiny_model
+    import optimum_alpha.epsilon_search as search_module
+    import optimum_alpha.state as state_module
+    import optimum_alpha.unstructured as unstructured_module
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+    AUTO = dict(epsilon="auto", epsilon_grid=(0.1, 0.5), heldout=2, nsamples=2, seqlen=32, sparsity=0.5)
+
+    def interrupt_on_call(module, name, when):
+        original, calls = getattr(module, name), []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == when:
+                os.kill(os.getpid(), signal.SIGINT)  # delivered at once: KeyboardInterrupt from here
+            return original(*args, **kwargs)
+
+        setattr(module, name, wrapper)
+        return lambda: setattr(module, name, original)
+
+    SCENARIOS = {{
+        # ε search: during the second trial's held-out evaluation, and inside the second trial's block 1
+        "search-heldout": (dict(AUTO, method="magnitude"), (search_module, "window_perplexity", 2), False),
+        "search-trial": (dict(AUTO, method="magnitude"), (unstructured_module, "prune_block", 5), False),
+        # Wanda before block 0: during the allocation, after an earlier complete run of the same pruner
+        "wanda-allocation": (dict(sparsity=0.5, nsamples=2, seqlen=32), (unstructured_module, "compute_targets", 1),
+                             True),
+        # width then unstructured: before the second stage's first block (its ESD analysis)
+        "width-second-stage": (dict(structure="width", sparsity=0.2, unstructured_sparsity=0.3, nsamples=2,
+                                    seqlen=32), (state_module, "analyze", 2), False),
+    }}
+    for name in sys.argv[2:]:
+        config, (module, function, when), earlier_run = SCENARIOS[name]
+        pruner = AlphaPruner.from_pretrained(make_tiny_model("llama", layers=3), tokenizer=tokenizer,
+                                             show_progress=False)
+        if earlier_run:
+            pruner.prune(AlphaPruningConfig(**config), show_progress=False)
+        before = {{k: v.clone() for k, v in pruner.model.state_dict().items()}}
+        undo = interrupt_on_call(module, function, when)
+        try:
+            pruner.prune(AlphaPruningConfig(**config), show_progress=False)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        undo()
+        report = pruner.last_report
+        after = pruner.model.state_dict()
+        print(json.dumps({{
+            "scenario": name, "interrupted": interrupted,
+            "unchanged": before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before),
+            "report": None if report is None else {{
+                "completed": report.completed, "blocks": [b.index for b in report.blocks],
+                "layers": len(report.layers), "structured": len(report.structured),
+                "search": report.epsilon_search}},
+        }}), flush=True)
+    """
+).format(tests=str(TESTS))
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(tiny_tokenizer, tmp_path_factory) -> dict[str, dict]:
+    """One child process runs every scenario (one start-up of torch and transformers)."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tiny_tokenizer.save_pretrained(folder)
+    scenarios = ["search-heldout", "search-trial", "wanda-allocation", "width-second-stage"]
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_CHILD, str(folder), *scenarios], capture_output=True,
+                          text=True, env=child_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {row["scenario"]: row for row in map(json.loads, done.stdout.splitlines())}
+    assert sorted(runs) == sorted(scenarios) and all(run["interrupted"] for run in runs.values())
+    return runs
+
+
+@pytest.mark.parametrize("scenario", ["search-heldout", "search-trial"])
+def test_an_interrupted_epsilon_search_reports_nothing_pruned_and_leaves_the_dense_model(interrupted_runs, scenario):
+    run = interrupted_runs[scenario]
+    report = run["report"]
+    assert run["unchanged"]  # the dense weights are back
+    assert report is not None and report["completed"] is False
+    assert report["blocks"] == [] and report["layers"] == 0  # no block is claimed pruned
+    search = report["search"]
+    assert search["completed"] is False and search["chosen"] is None
+    assert len(search["heldout_perplexity"]) == 1  # the first trial finished, the second did not
+
+
+def test_a_prune_interrupted_before_block_0_has_an_empty_not_completed_report(interrupted_runs):
+    run = interrupted_runs["wanda-allocation"]
+    assert run["unchanged"]  # the model of the earlier, complete run is untouched
+    assert run["report"] == {"completed": False, "blocks": [], "layers": 0, "structured": 0, "search": {}}
+
+
+def test_width_then_unstructured_interrupted_before_its_second_stage_is_not_completed(interrupted_runs):
+    run = interrupted_runs["width-second-stage"]
+    report = run["report"]
+    assert not run["unchanged"]  # the width stage did remove heads and channels...
+    assert report["completed"] is False and report["blocks"] == [] and report["layers"] == 0
+    assert report["structured"] == 3  # ...and the report keeps what it did to each of the three blocks
+
+
+# --- item 3: width pruning refuses NaN/Inf in any block parameter before block 0 --------------------------
+
+@pytest.mark.parametrize("where", ["model.layers.1.post_attention_layernorm.weight", "model.layers.2.mlp.up_proj.weight"])
+def test_width_pruning_refuses_a_nan_anywhere_in_the_blocks_before_touching_the_model(where, tiny_tokenizer):
+    model = make_tiny_model("llama", layers=3)
+    with torch.no_grad():
+        model.get_parameter(where).view(-1)[3] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = AlphaPruner.from_pretrained(model, tokenizer=tiny_tokenizer, show_progress=False)
+    with pytest.raises(ModelStructureError, match=f"{where} contains 1 NaN/Inf values"):
+        pruner.prune(AlphaPruningConfig(structure="width", sparsity=0.2, nsamples=2, seqlen=32), show_progress=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if "layers.1.post" not in k and "layers.2.mlp.up" not in k)
+    assert all(before[k].shape == after[k].shape for k in before)
+
+
+# --- item 4: prune_routers=True makes the routers prunable matrices (Mixtral's router is no Linear) ------
+
+def test_prune_routers_prunes_mixtrals_routers_and_the_default_keeps_them_dense():
+    from architectures import build
+
+    config = dict(sparsity=0.5, method="magnitude", allocation="uniform")
+    _, dense_routers = AlphaPruner(build("mixtral"), show_progress=False).prune(AlphaPruningConfig(**config),
+                                                                             show_progress=False)
+    assert "model.layers.0.mlp.gate.weight" in dense_routers.ignored
+    assert not any(name.endswith("mlp.gate") for name in dense_routers.layers)
+    model = build("mixtral")
+    _, report = AlphaPruner(model, show_progress=False).prune(AlphaPruningConfig(**config, prune_routers=True),
+                                                              show_progress=False)
+    assert report.ignored == {}
+    routers = [name for name in report.layers if name.endswith("mlp.gate")]
+    assert len(routers) == len(model.model.layers) and all(report.layers[name] == 0.5 for name in routers)
+    weight = model.model.layers[0].mlp.gate.weight
+    assert float((weight == 0).float().mean()) == 0.5  # really zeroed in the model, not only reported
+
+
+# --- item 6: typed fields added since the last round, and unknown quantize() keywords ------------------
+
+TYPED_FIELDS = [
+    ("epsilon", [0.3], "epsilon must be a number (float) or a string, got [0.3] (list)"),
+    ("epsilon", None, "epsilon must be a number (float) or a string, got None"),
+    ("epsilon_grid", "0.1", "epsilon_grid must be a list of numbers, got the string '0.1'; write [0.1]"),
+    ("epsilon_grid", 0.3, "epsilon_grid must be a list of numbers, got 0.3 (float)"),
+    ("epsilon_grid", None, "epsilon_grid must be a list of numbers, got None"),
+    ("epsilon_grid", [0.1, "0.2"], "epsilon_grid[1] must be a number (float), got the string '0.2'"),
+    ("ignore", 5, "ignore must be a list of strings, got 5 (int)"),
+    ("ignore", [5], "ignore[0] must be a string, got 5 (int)"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", TYPED_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in TYPED_FIELDS])
+def test_list_and_union_fields_are_refused_by_type_through_the_api_and_config_files(field, value, message, tmp_path,
+                                                                                     capsys):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AlphaPruningConfig(**{field: value})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({field: value}))
+    code, err = run_cli(["prune", "model-never-loaded", "--config", str(config), "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_the_accepted_forms_of_those_fields_still_work():
+    assert AlphaPruningConfig(epsilon="auto").epsilon == "auto" and AlphaPruningConfig(epsilon=0.2).epsilon == 0.2
+    assert AlphaPruningConfig(epsilon_grid=[0.1, 0.2]).epsilon_grid == (0.1, 0.2)
+    assert AlphaPruningConfig(ignore="re:.*gate").ignore == ["re:.*gate"]
+    assert AlphaPruningConfig(ignore=("a", "b")).ignore == ["a", "b"]
+
+
+def test_quantize_with_an_unknown_keyword_is_a_config_error_before_pruning(tmp_path):
+    model = make_tiny_model("llama", layers=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"Unknown config field\(s\) \['bogus'\]"):
+        AlphaPruner(model, show_progress=False).quantize(tmp_path / "out", bogus=1, method="magnitude")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not (tmp_path / "out").exists()
+
+
+# --- item 9: corrupt sparse shards name the tensor and the problem in the error itself --------------------
+
+def _sparse_folder(tmp_path: Path) -> Path:
+    from optimum_alpha.checkpoint import save_pruned
+
+    model = make_tiny_model("llama", layers=1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and ".layers." in name:
+                param[param.abs() < param.abs().quantile(0.7)] = 0
+    return save_pruned(model, tmp_path / "sparse")
+
+
+def _float_bitmask(tensors: dict) -> None:
+    key = "model.layers.0.self_attn.k_proj.bitmask"
+    tensors[key] = tensors[key].to(torch.float32)
+
+
+def _negative_columns(tensors: dict) -> None:
+    key = "model.layers.0.self_attn.k_proj.shape"
+    tensors[key] = torch.tensor([tensors[key][0], -tensors[key][1]], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("corrupt,cause", [(_float_bitmask, "the bitmask is stored as float32, not uint8"),
+                                           (_negative_columns, r"the stored dense shape \[32, -64\] has a dimension")])
+def test_corrupt_bitmask_shards_name_the_tensor_and_the_problem(corrupt, cause, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from optimum_alpha import load_pruned
+
+    folder = _sparse_folder(tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    corrupt(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    message = f"module model.layers.0.self_attn.k_proj was not restored .{cause}"
+    with pytest.raises(CheckpointError, match=message):
+        load_pruned(folder)
+    with pytest.raises(CheckpointError, match=message):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+# --- item 2: a dense folder of ours with a missing tensor never loads; other people's folders load as before --
+
+def _drop_tensor(folder: Path, name: str = "model.layers.0.mlp.up_proj.weight") -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors[name]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def dense_folder(tmp_path_factory) -> Path:
+    from optimum_alpha.checkpoint import save_pruned
+
+    return save_pruned(make_tiny_model("llama", layers=1), tmp_path_factory.mktemp("dense") / "dense", format="dense")
+
+
+def test_a_dense_folder_of_ours_with_a_missing_tensor_is_refused_everywhere(dense_folder, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from optimum_alpha import load_pruned
+
+    recorded = json.loads((dense_folder / "alpha_pruning.json").read_text())["tensors"]
+    assert "model.layers.0.mlp.up_proj.weight" in recorded and len(recorded) == 12
+    load_pruned(dense_folder)  # whole: loads
+    folder = tmp_path / "dense"
+    shutil.copytree(dense_folder, folder)
+    _drop_tensor(folder)
+    with pytest.raises(CheckpointError, match="lack model.layers.0.mlp.up_proj.weight .1 of the 12 tensors"):
+        load_pruned(folder)
+    with pytest.raises(CheckpointError, match="lack model.layers.0.mlp.up_proj.weight, which would keep a random"):
+        AutoModelForCausalLM.from_pretrained(folder)  # plain transformers, after `import optimum_alpha`
+    code, err = run_cli(["eval", str(folder), "--max-windows", "1", "--seqlen", "8"], capsys)
+    assert code == 2 and err[-1].startswith("error: dense checkpoint") and "up_proj.weight" in err[-1], err
+
+
+def test_a_dense_folder_saved_before_the_tensor_list_is_checked_after_loading(dense_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from optimum_alpha import load_pruned
+
+    folder = tmp_path / "dense"
+    shutil.copytree(dense_folder, folder)
+    metadata = json.loads((folder / "alpha_pruning.json").read_text())
+    del metadata["tensors"]
+    (folder / "alpha_pruning.json").write_text(json.dumps(metadata))
+    _drop_tensor(folder)
+    for load in (load_pruned, AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(CheckpointError, match="written by optimum-alpha.* lack model.layers.0.mlp.up_proj.weight"):
+            load(folder)
+
+
+def test_someone_elses_dense_folder_loads_as_transformers_loads_it(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import optimum_alpha  # noqa: F401
+
+    folder = tmp_path / "theirs"
+    make_tiny_model("llama", layers=1).save_pretrained(folder)
+    _drop_tensor(folder)
+    model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == {"model.layers.0.mlp.up_proj.weight"}  # transformers' own behaviour
+
+
+def test_the_check_is_in_place_when_optimum_alpha_is_imported_before_transformers(dense_folder, tmp_path):
+    """In a fresh process the report function is wrapped before transformers' modeling_utils binds it."""
+    folder = tmp_path / "dense"
+    shutil.copytree(dense_folder, folder)
+    _drop_tensor(folder)
+    script = ("import optimum_alpha\nfrom transformers import AutoModelForCausalLM\n"
+              "from optimum_alpha.errors import CheckpointError\n"
+              f"try:\n    AutoModelForCausalLM.from_pretrained({str(folder)!r})\nexcept CheckpointError as error:\n"
+              "    print('refused:', error)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("refused:") and "up_proj.weight" in done.stdout, done.stderr
