@@ -83,6 +83,14 @@ def _kind(annotation: Any) -> str:
     return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+def _same_kind(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is of the declared type's kind (a float NaN is of kind float)."""
+    if annotation in (int, float):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
     """``value`` checked against a field's declared type: bool/int/float/str, ``list[T]``/``tuple[T, ...]``,
     or a union of them (optionally ``| None``).
@@ -101,12 +109,15 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return _coerce(name, value, options[0])
         if Any in options:
             return value
+        closest = None
         for option in options:  # the first declared type that accepts the value
             try:
                 return _coerce(name, value, option)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name} must be {' or '.join(_kind(o) for o in options)}, got {_describe(value)}.")
+            except ConfigError as error:
+                if _same_kind(value, option):  # a value of that type, refused for its value (nan, 2.5)
+                    closest = closest or error
+        raise closest or ConfigError(
+            f"{name} must be {' or '.join(_kind(o) for o in options)}, got {_describe(value)}.")
     origin = typing.get_origin(annotation)
     if origin in (list, tuple):
         element = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any

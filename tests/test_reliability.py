@@ -349,3 +349,214 @@ def test_the_check_is_in_place_when_optimum_alpha_is_imported_before_transformer
               "    print('refused:', error)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(), timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("refused:") and "up_proj.weight" in done.stdout, done.stderr
+
+
+# --- item 8: permission problems of the output folder, in a real process that permission bits apply to -------
+
+PERMISSION_CHILD = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from conftest import make_tiny_model
+    from optimum_alpha.checkpoint import save_pruned
+    from optimum_alpha.commands.cli import main
+    from optimum_alpha.errors import CheckpointError
+
+    work = Path(sys.argv[1])
+    model = make_tiny_model("llama", layers=1)
+    result = {{"uid": os.geteuid()}}
+    # An existing output folder this user may not read.
+    locked = work / "locked"
+    locked.mkdir()
+    (locked / "theirs.txt").write_text("x")
+    locked.chmod(0)
+    try:
+        save_pruned(model, locked, format="dense")
+        result["api"] = "saved"
+    except CheckpointError as error:
+        result["api"] = str(error)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(["prune", "never-loaded", "--output", str(locked), "--method", "magnitude"])
+        except SystemExit as exit_:
+            code = exit_.code
+    result["cli"] = [code, err.getvalue().strip().splitlines()]
+    locked.chmod(0o700)
+    # Overwriting a checkpoint that holds a read-only folder of the user's (kept, so carried over).
+    checkpoint = work / "ckpt"
+    save_pruned(model, checkpoint, format="dense")
+    notes = checkpoint / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("mine")
+    notes.chmod(0o555)
+    for _ in range(2):
+        save_pruned(model, checkpoint, format="dense", overwrite=True)
+    result["left"] = sorted(name for name in os.listdir(work) if name.startswith(".ckpt."))
+    result["notes"] = (checkpoint / "notes" / "readme.txt").read_text()
+    print(json.dumps(result))
+    """
+).format(tests=str(TESTS))
+
+
+def test_output_folder_permission_problems_are_one_line_and_leave_no_backup(tmp_path):
+    import tempfile
+
+    # Root ignores permission bits: as root the child runs without the capabilities that let it (setpriv).
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permission bits cannot be made to apply")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    work = Path(tempfile.mkdtemp(prefix="alpha-perm-", dir=tmp_path))
+    env = {**child_env(), "HF_HOME": str(work / "hf")}
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", PERMISSION_CHILD, str(work)], capture_output=True,
+                              text=True, env=env, timeout=600, cwd=str(work))
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        for root, dirs, _ in os.walk(work):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o700)
+        shutil.rmtree(work, ignore_errors=True)
+    assert result["api"].startswith(f"cannot read the save target {work / 'locked'} (Permission denied)")
+    code, err = result["cli"]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot read the save target"), err
+    assert result["left"] == []  # no backup of the overwritten checkpoint left behind
+    assert result["notes"] == "mine"  # the user's read-only folder survived both overwrites
+
+
+# --- item 7: calibration files and --config keys ---------------------------------------------------------
+
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path):
+    from optimum_alpha.data import load_texts
+
+    for name, content in (("bom.jsonl", '{"text": "first"}\n{"text": "second"}\n'), ("bom.json", '["first"]'),
+                          ("bom.txt", "first")):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+        assert load_texts(path)[0] == "first"
+
+
+def test_deeply_nested_json_is_one_clear_error(tmp_path, capsys):
+    from optimum_alpha.data import load_texts
+
+    path = tmp_path / "nested.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(CalibrationDataError, match="nests JSON arrays or objects too deeply"):
+        load_texts(path)
+    code, err = run_cli(["prune", "model-never-loaded", "--calibration", str(path), "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and "too deeply" in err[0], err
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer and records the longest text it was asked to tokenize."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+
+def test_one_huge_line_is_tokenized_only_as_far_as_the_windows_need(tiny_tokenizer, tmp_path):
+    from optimum_alpha import data
+
+    path = tmp_path / "one-line.jsonl"
+    path.write_text(json.dumps({"text": " ".join(data.load_texts("c4")) * 6}) + "\n")
+    size = len(data.load_texts(path)[0])
+    assert size > 3 * data.DOCUMENT_CHARS
+    for sampling in ("document", "joined"):
+        spy = CountingTokenizer(tiny_tokenizer)
+        sample = data.sample_calibration(spy, path, 4, 32, sampling=sampling)
+        assert sample.ids.shape == (4, 32) and spy.longest <= data.DOCUMENT_CHARS
+
+
+def test_a_tokenized_prefix_gives_the_windows_of_the_whole_text(tiny_tokenizer, monkeypatch):
+    from optimum_alpha import data
+
+    whole = data.sample_calibration(tiny_tokenizer, "wikitext2", 16, 64, sampling="joined")
+    monkeypatch.setattr(data, "DOCUMENT_CHARS", 3000)  # prefixes of 8 chars per needed token, doubling
+    spy = CountingTokenizer(tiny_tokenizer)
+    cut = data.sample_calibration(spy, "wikitext2", 16, 64, sampling="joined")
+    assert spy.longest < len("\n\n".join(data.load_texts("wikitext2")))  # a prefix really was used
+    assert torch.equal(whole.ids, cut.ids)
+
+
+def test_a_config_file_with_a_tokenizer_is_refused_by_the_command_line(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"sparsity": 0.5, "tokenizer": "gpt2"}))
+    code, err = run_cli(["prune", "model-never-loaded", "--config", str(config), "--output", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and len(err) == 1 and "sets tokenizer='gpt2', which the command line does not use" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+# --- item 10: a save that reports success left a complete, loadable folder ---------------------------------
+
+def test_a_save_whose_files_do_not_read_back_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    """A filesystem that loses the end of a file without an error (simulated) fails the save."""
+    from optimum_alpha.checkpoint import save_pruned
+    from optimum_alpha.checkpoint.writers.dense import DenseWriter
+
+    original = DenseWriter.write
+
+    def losing_write(self, model, folder, **kwargs):
+        result = original(self, model, folder, **kwargs)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        return result
+
+    monkeypatch.setattr(DenseWriter, "write", losing_write)
+    with pytest.raises(CheckpointError, match="do not read back .* truncated or not a safetensors file"):
+        save_pruned(make_tiny_model("llama", layers=1), tmp_path / "out", format="dense")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def small_filesystems(tmp_path):
+    """Mount tmpfs file systems of given sizes (root only; skipped where mounting is not allowed)."""
+    mounted: list[Path] = []
+
+    def mount(kilobytes: int) -> Path:
+        folder = tmp_path / f"fs{len(mounted)}-{kilobytes}k"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(folder)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()[:80]})")
+        mounted.append(folder)
+        return folder
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_save_onto_a_too_small_filesystem_fails_cleanly_or_gives_a_loadable_folder(small_filesystems):
+    """Sizes around what a two-block Llama needs (dense about 450 KB, sparse less): every save either raises
+    CheckpointError and leaves the file system empty, or leaves a folder that loads bit for bit."""
+    from optimum_alpha import load_pruned
+    from optimum_alpha.checkpoint import save_pruned
+
+    model = make_tiny_model("llama", layers=2)
+    outcomes = set()
+    for kilobytes, fmt in ((200, "dense"), (440, "dense"), (600, "dense"), (200, "sparse"), (600, "sparse")):
+        root = small_filesystems(kilobytes)
+        try:
+            save_pruned(model, root / "out", format=fmt)
+        except CheckpointError as error:
+            assert "No space left on device" in str(error) or "do not read back" in str(error), error
+            assert os.listdir(root) == []
+            outcomes.add("refused")
+            continue
+        loaded = load_pruned(root / "out")
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+        outcomes.add("saved")
+    assert outcomes == {"refused", "saved"}  # the sizes really straddle the limit

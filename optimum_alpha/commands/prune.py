@@ -83,7 +83,16 @@ def resolve_config(args: argparse.Namespace):
     from ..configuration import AlphaPruningConfig
     from ..errors import ConfigError
 
-    values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
+    values = {}
+    if args.config is not None:
+        loaded = AlphaPruningConfig.from_json_file(args.config)
+        if loaded.tokenizer is not None:  # the command line calibrates with the model's own tokenizer
+            raise ConfigError(
+                f"--config {args.config} sets tokenizer={loaded.tokenizer!r}, which the command line does not use "
+                "(it calibrates with the model's own tokenizer); remove the key, or prune from Python with "
+                "AlphaPruner.from_pretrained(model, tokenizer=...)"
+            )
+        values = loaded.to_dict()
     values.update(given_values(args))
     values.pop("quant_method", None)
     config = AlphaPruningConfig.from_dict(values)
