@@ -560,3 +560,94 @@ def test_a_save_onto_a_too_small_filesystem_fails_cleanly_or_gives_a_loadable_fo
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
         outcomes.add("saved")
     assert outcomes == {"refused", "saved"}  # the sizes really straddle the limit
+
+
+# --- item 11: width pruning then N:M rounds the kept MLP channels to whole groups of M ---------------------
+
+@pytest.mark.parametrize("sparsity", [0.2, 0.27])
+def test_width_pruning_then_nm_keeps_whole_groups_of_m(sparsity, tiny_tokenizer):
+    from optimum_alpha.structured.layout import block_layout, plan_block
+
+    model = make_tiny_model("llama", layers=3)
+    dense_layouts = [block_layout(block, i) for i, block in enumerate(make_tiny_model("llama", layers=3).model.layers)]
+    pruner = AlphaPruner.from_pretrained(model, tokenizer=tiny_tokenizer, show_progress=False)
+    config = AlphaPruningConfig(structure="width", sparsity=sparsity, nm="2:4", method="magnitude", nsamples=2,
+                                seqlen=32)
+    _, report = pruner.prune(config, show_progress=False)
+    assert report.completed and report.sparsity_structure == "2:4"
+    unrounded = [plan_block(layout, entry["target_fraction"], i).width.intermediate_size
+                 for i, (layout, entry) in enumerate(zip(dense_layouts, report.structured))]
+    assert any(kept % 4 for kept in unrounded)  # without the rounding this run could not take 2:4
+    for index, block in enumerate(model.model.layers):
+        kept = block.mlp.down_proj.in_features
+        assert kept % 4 == 0 and abs(kept - unrounded[index]) <= 2
+        assert report.structured[index]["width"]["intermediate_size"] == kept
+        groups = block.mlp.down_proj.weight.reshape(-1, 4)
+        assert torch.equal((groups != 0).sum(dim=1), torch.full((groups.shape[0],), 2))
+
+
+# --- item 12: a stalled Hub endpoint ends the push with a time-out and the command to push again ---------
+
+@pytest.fixture
+def stalled_server():
+    """A local HTTP endpoint that accepts connections, reads the request and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            held.append(connection)  # kept open, never answered
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_a_stalled_hub_endpoint_times_out_with_the_retry_command(stalled_server, dense_folder, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import time
+        from optimum_alpha.checkpoint.hub import push_folder_to_hub
+        from optimum_alpha.errors import CheckpointError
+        start = time.monotonic()
+        try:
+            push_folder_to_hub({str(dense_folder)!r}, "me/model", token="hf_not_a_real_token", timeout=1)
+        except CheckpointError as error:
+            print(f"{{time.monotonic() - start:.1f}}", error)
+        """
+    )
+    env = {key: value for key, value in child_env().items() if key != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=stalled_server, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, message = done.stdout.strip().split(" ", 1)
+    assert message.startswith("pushing me/model timed out: the Hub sent or accepted nothing for 1 s"), message
+    assert message.endswith(f"retry with: optimum-cli alpha-prune push {dense_folder} me/model")
+    assert float(seconds) < 120  # without the time-out the push waits forever
+
+
+def test_the_stall_timeout_puts_the_previous_client_factory_back():
+    from huggingface_hub.utils import _http
+
+    from optimum_alpha.checkpoint.hub import stall_timeout
+
+    before = _http._GLOBAL_CLIENT_FACTORY
+    with stall_timeout(3):
+        assert _http.get_session().timeout.read == 3
+    assert _http._GLOBAL_CLIENT_FACTORY is before and _http.get_session().timeout.read is None

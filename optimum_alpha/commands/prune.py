@@ -212,10 +212,14 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
     from ..checkpoint import push_folder_to_hub
     from ..errors import CheckpointError
 
+    from ..checkpoint.hub import retry_command
+
     try:
         return push_folder_to_hub(folder, repo, private=private or None)
     except CheckpointError as error:
-        retry = f"optimum-cli alpha-prune push {folder} {repo}" + (" --private" if private else "")
+        retry = retry_command(folder, repo, private)
+        if retry in str(error):  # a time-out already says how to push again
+            raise
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
 
 

@@ -113,7 +113,9 @@ def prune_widths(state: ModelState, config: AlphaPruningConfig, show_progress: b
     check_block_parameters(state.blocks_path, state.blocks)
     bound = width_bound(layouts, config)
     fractions, scores = block_fractions(state, config, bound, show_progress)
-    plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
+    # An N:M pattern after width pruning needs down_proj's inputs (the kept channels) in whole groups of M.
+    multiple = config.nm_group if config.sparsifies_after_width and config.nm_group is not None else 1
+    plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity, multiple)
              for i, (layout, fraction) in enumerate(zip(layouts, fractions))]
     if config.sparsifies_after_width and config.nm_group is not None:
         _check_nm_after(plans, layouts, config.nm_group)
