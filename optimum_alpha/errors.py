@@ -23,3 +23,7 @@ class CalibrationDataError(AlphaPruningError):
 
 class CheckpointError(AlphaPruningError):
     """A save/load target is invalid (exists, is a file, not writable, bad format)."""
+
+
+class MissingExtraError(AlphaPruningError):
+    """A feature needs an optional extra (``pip install 'optimum-alpha[eval]'``) that is not installed."""

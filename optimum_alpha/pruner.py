@@ -34,6 +34,8 @@ class AlphaPruner(OptimumQuantizer):
                  show_progress: bool = True) -> None:
         self.state = ModelState(model, tokenizer, source, show_progress=show_progress)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
+        # What evaluators measured (``kl``, ``zero_shot``, ``spectra``, ``speed``): saved in alpha_pruning.json.
+        self.evaluation: dict[str, Any] = {}
         self.saved_path: Path | None = None
         self.recovery_report: Any = None  # set by recover()
 
@@ -147,6 +149,7 @@ class AlphaPruner(OptimumQuantizer):
         esd = self.state.esd_report
         data = run_metadata(self.last_report, base_model=base_model_id(self.source), perplexity=self.perplexity,
                             esd_blocks=[b.metrics for b in esd.blocks] if esd else [])
+        data["evaluation"] = dict(self.evaluation)
         if self.recovery_report is not None:
             data["recovery"] = self.recovery_report.to_dict()
         return data

@@ -23,6 +23,7 @@ from .matrices import BlockWeights, PrunableMatrix, check_covered
 from .model_utils import check_block_parameters, max_positions
 from .pruning import LayerPruner, get_pruner_class
 from .pruning.magnitude import MagnitudePruner
+from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .state import ModelState
 from .statistics import collect_block_statistics
@@ -71,7 +72,7 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         report = new_report(config, blocks, targets)
         state.last_report = report
         inputs = None
-        if pruner_cls.needs_calibration:
+        if pruner_cls.needs_calibration or config.reconstruct == "block":
             inputs, report.calibration = state.calibration_inputs(config)
         progress = tqdm(list(enumerate(state.blocks)), desc=f"Pruning ({config.method})", unit="block",
                         disable=not show_progress)
@@ -82,6 +83,11 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
             if inputs is not None:
                 collect_block_statistics(block, index, matrices, pruners, inputs)
             new_weights = prune_block(matrices, pruners, targets, config.nm_group, report)
+            if config.reconstruct == "block" and inputs is not None:
+                refit = reconstruct_block(block, index, matrices, new_weights, inputs, config.reconstruct_iters,
+                                          config.reconstruct_damp)
+                new_weights = refit.weights
+                report.reconstruction_s += refit.seconds
             with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                 write_block(index, matrices, new_weights, targets, blocks[index], allocated.block_scores, report)
             if inputs is not None:

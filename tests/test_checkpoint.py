@@ -286,9 +286,7 @@ def test_failed_save_leaves_existing_folder_untouched(tmp_path, monkeypatch):
 
 
 def test_failed_first_save_creates_nothing(tmp_path, monkeypatch):
-    import optimum_alpha.checkpoint.writers.sparse as sparse_writer
-
-    monkeypatch.setattr(sparse_writer, "compress_folder", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("optimum_alpha.checkpoint.writers.sparse.compress_folder", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         save_pruned(tiny_model(), tmp_path / "new")
     assert list(tmp_path.iterdir()) == []

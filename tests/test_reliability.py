@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from test_guarantees import run_cli
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
 from optimum_alpha.errors import CalibrationDataError, CheckpointError, ConfigError, ModelStructureError
 
@@ -28,18 +29,6 @@ REPO = TESTS.parent
 def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
             "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """The CLI's main() in-process: its exit code and the stderr lines."""
-    from optimum_alpha.commands.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 # --- items 1 and 5: the report after an interruption is true (a real SIGINT in a real process) -----------
@@ -53,6 +42,7 @@ INTERRUPT_CHILD = textwrap.dedent(
     import torch
     from transformers import AutoTokenizer
     from conftest import make_tiny_model
+from test_guarantees import run_cli
     import optimum_alpha.epsilon_search as search_module
     import optimum_alpha.state as state_module
     import optimum_alpha.unstructured as unstructured_module
@@ -359,6 +349,7 @@ PERMISSION_CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from conftest import make_tiny_model
+from test_guarantees import run_cli
     from optimum_alpha.checkpoint import save_pruned
     from optimum_alpha.commands.cli import main
     from optimum_alpha.errors import CheckpointError

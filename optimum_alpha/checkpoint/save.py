@@ -148,8 +148,15 @@ def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: s
 
 
 def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
+    """Block score and sparsity by depth; with the spectra re-measured after pruning (``evaluation.spectra``),
+    the metric before and after instead of the allocation's score."""
     blocks = data.get("blocks") or []
-    scores = [b.get("score") for b in blocks]
+    spectra = (data.get("evaluation") or {}).get("spectra") or {}
+    if spectra.get("before") and len(spectra["before"]) == len(blocks):
+        scores, after, metric = spectra["before"], spectra.get("after"), str(spectra.get("metric"))
+    else:
+        scores, after = [b.get("score") for b in blocks], None
+        metric = str(data.get("metric") or "alpha_hill")
     if not blocks or any(not isinstance(s, (int, float)) for s in scores):
         return None
     from ..plotting import plot_block_profile
@@ -157,8 +164,7 @@ def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
     sparsities = [b.get("achieved_sparsity", b.get("target_sparsity")) for b in blocks]
     if any(not isinstance(s, (int, float)) for s in sparsities):
         sparsities = None
-    metric = str(data.get("metric") or "alpha_hill")
-    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=metric)
+    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=metric, after_scores=after)
     return CHART_FILE
 
 

@@ -28,7 +28,8 @@ class LayerPruner:
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        """Refuse values of this pruner's ``options`` it cannot use (called when the config is made)."""
+        """Refuse values of this pruner's ``options`` it cannot use. Called for every registered pruner when a
+        config is made, so a bad value fails early whichever method is chosen."""
 
     def __init__(self, name: str, **options: object) -> None:
         self.name = name
@@ -58,6 +59,11 @@ def register_pruner(name: str) -> Callable[[type[LayerPruner]], type[LayerPruner
         return cls
 
     return decorator
+
+
+def pruner_classes() -> tuple[type[LayerPruner], ...]:
+    import_plugins(PACKAGE, DECORATOR)
+    return tuple(PRUNERS[name] for name in sorted(PRUNERS))
 
 
 def pruner_names() -> tuple[str, ...]:
