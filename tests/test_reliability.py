@@ -42,7 +42,6 @@ INTERRUPT_CHILD = textwrap.dedent(
     import torch
     from transformers import AutoTokenizer
     from conftest import make_tiny_model
-from test_guarantees import run_cli
     import optimum_alpha.epsilon_search as search_module
     import optimum_alpha.state as state_module
     import optimum_alpha.unstructured as unstructured_module
@@ -349,7 +348,6 @@ PERMISSION_CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from conftest import make_tiny_model
-from test_guarantees import run_cli
     from optimum_alpha.checkpoint import save_pruned
     from optimum_alpha.commands.cli import main
     from optimum_alpha.errors import CheckpointError
