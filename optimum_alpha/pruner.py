@@ -155,13 +155,14 @@ class AlphaPruner(OptimumQuantizer):
         return data
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
-                        overwrite: bool | str = False) -> Path:
-        """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``...) with
-        the tokenizer, ``alpha_pruning.json`` and a model card."""
+                        overwrite: bool | str = False, **writer_options: Any) -> Path:
+        """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``, ``gguf``
+        with ``gguf_type=``...) with the tokenizer, ``alpha_pruning.json`` and a model card."""
         from .checkpoint import save_pruned
 
         path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,
-                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata())
+                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata(),
+                           **writer_options)
         self.saved_path = Path(path)
         return self.saved_path
 

@@ -313,7 +313,7 @@ def test_bad_targets_and_arguments_raise_checkpoint_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
         save_pruned(model, tmp_path / "file")
-    with pytest.raises(CheckpointError, match="dense, sparse"):
+    with pytest.raises(CheckpointError, match="dense, gguf, sparse"):
         save_pruned(model, tmp_path / "x", format="zip")
     with pytest.raises(CheckpointError, match="JSON-serialisable"):
         save_pruned(model, tmp_path / "x", metadata={"alpha": torch.tensor(1.0)})

@@ -45,7 +45,8 @@ def _compressed_modules(folder: Path) -> set[str]:
 
 def check_loaded(source: Any, loading_info: Any) -> None:
     """Refuse a model loaded from a folder of ours with weights missing from (or mismatched with) its files."""
-    if not isinstance(source, (str, Path)) or not Path(source).is_dir() or written_by_us(Path(source)) is None:
+    if (not isinstance(source, (str, Path)) or not (Path(source) / "config.json").is_file()  # GGUF folders: no
+            or written_by_us(Path(source)) is None):
         return
     # The alpha_sparse loader checks the modules it decompresses itself, naming the cause: leave those to it.
     own = _compressed_modules(Path(source))

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(plain safetensors any transformers loads), or another registered writer",
     )
     parser.add_argument(
+        "--gguf-type",
+        default="q8_0",
+        metavar="TYPE",
+        help="with --format gguf: f16, bf16, q8_0, q5_0, q4_0 or auto:B (bits per weight chosen from the spectra)",
+    )
+    parser.add_argument(
         "--max-shard-size",
         default="5GB",
         metavar="SIZE",
@@ -211,7 +217,8 @@ def check_before_loading(args: argparse.Namespace):
 
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
-    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite,
+                       **writer_options(args))
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -246,6 +253,11 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
         if retry in str(error):  # a time-out already says how to push again
             raise
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
+
+
+def writer_options(args: argparse.Namespace) -> dict[str, str]:
+    """The save options of the chosen format (only ``gguf`` has one)."""
+    return {"gguf_type": args.gguf_type} if args.format == "gguf" else {}
 
 
 def _measure_dense(pruner, config, args: argparse.Namespace, ppl: dict[str, Any]):
@@ -321,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         pruner.evaluation["zero_shot"] = accuracy.to_dict()
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=overwrite)
+                               overwrite=overwrite, **writer_options(args))
     print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory(), pruner.evaluation)
     if prepared is not None:
         print_zero_shot(accuracy)

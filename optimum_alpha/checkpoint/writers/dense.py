@@ -17,7 +17,8 @@ RESAVE = "save it again with optimum_alpha.save_pruned (or re-download it)"
 class DenseWriter(CheckpointWriter):
     summary = "plain safetensors any transformers can load"
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         from ..verify import stored_tensor_names
 
         with without_gguf_state(model):
