@@ -155,6 +155,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
             (131072 positions of Llama-3 would allocate a 64 GiB buffer).
         seed: seed of the calibration sampling.
+        calibration_batch_tokens: tokens per block forward over the calibration windows (as many whole windows
+            as fit, at least one); results equal one window at a time up to float rounding.
         nm: optional N:M semi-structured pattern. ``"N:M"`` (e.g. ``"2:4"``): N of every M consecutive input
             weights kept in every layer; sparsity is then 1 - N/M and ``sparsity``/``allocation`` are not used.
             ``"mixed:M"`` (e.g. ``"mixed:8"``, paper appendix H.6): each block (or matrix) gets its own N,
@@ -219,6 +221,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     nsamples: int | None = default("nsamples")
     seqlen: int | None = default("seqlen")
     seed: int = default("seed")
+    calibration_batch_tokens: int = default("calibration_batch_tokens")
     nm: str | None = default("nm")
     owl_threshold: float = default("owl_threshold")
     owl_lambda: float = default("owl_lambda")
@@ -271,6 +274,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             )
         if self.nsamples is not None and int(self.nsamples) < 1:
             raise ConfigError(f"nsamples must be >= 1, got {self.nsamples}.")
+        if int(self.calibration_batch_tokens) < 1:
+            raise ConfigError(f"calibration_batch_tokens must be >= 1, got {self.calibration_batch_tokens}.")
         if self.seqlen is not None and int(self.seqlen) < 1:
             raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
         parse_nm(self.nm)

@@ -36,7 +36,7 @@ def check_dlp_alpha(alpha: float) -> None:
 def wanda_scores(matrix: PrunableMatrix, statistic: InputSquaredNorms) -> torch.Tensor:
     """|W|·‖X‖ with ‖X_j‖ the per-token RMS of input feature j (the authors' sqrt of ``scaler_row``)."""
     weight = matrix.read()
-    rms = (statistic.sums.to(weight.device) / max(statistic.tokens, 1)).sqrt()  # type: ignore[union-attr]
+    rms = (statistic.sums.to(weight.device) / max(statistic.tokens, 1)).sqrt().float()  # type: ignore[union-attr]
     return weight.abs().float() * rms[None, :]
 
 

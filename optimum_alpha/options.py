@@ -148,6 +148,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("seqlen", None, "count", "tokens per calibration window; default min(2048, model max positions)",
            "calibration", metavar="N"),
     Option("seed", 0, "int", "seed of the calibration sampling", "calibration", metavar="N"),
+    Option("calibration_batch_tokens", 4096, "count", "tokens per block forward over the calibration windows: "
+           "as many whole windows as fit (at least one) run together; lower it if activations do not fit",
+           "calibration", metavar="N"),
     Option("tokenizer", None, "str", "tokenizer for pruning inside from_pretrained", "calibration", flag=None,
            cli_note="the command line calibrates with the model's own tokenizer"),
     # layer solvers

@@ -211,8 +211,19 @@ def save_pruned(
 
     Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
     ``overwrite=True`` replaces a checkpoint written by optimum-alpha, ``"force"`` any folder; files
-    the old checkpoint did not write are kept in both cases. Returns the folder path.
+    the old checkpoint did not write are kept in both cases. Returns the folder path. Under torchrun only
+    rank 0 writes; the other ranks wait for it, share its failure and get the path it was given.
     """
+    from ..distributed import current as current_parallel
+
+    kwargs = dict(tokenizer=tokenizer, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
+                  metadata=metadata)
+    written = current_parallel().on_main(lambda: _save_here(model, save_dir, **kwargs), f"saving {save_dir}")
+    return written if written is not None else Path(save_dir)
+
+
+def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any, format: str,
+               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise CheckpointError(
             f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"

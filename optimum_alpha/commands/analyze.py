@@ -174,20 +174,29 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if args.output is not None:
-        with stages.stage(f"Writing {args.output}"):
-            args.output.mkdir(parents=True, exist_ok=True)
-            data = report.to_dict()
-            if before:  # the pruned folder's own record of its blocks before pruning, beside the analysis now
-                data["blocks_before_pruning"] = before
-            (args.output / "esd.json").write_text(json.dumps(data, indent=2))
-            if sparsities:
-                allocation = {
-                    "sparsity": args.sparsity,
-                    "epsilon": args.epsilon,
-                    "metric": primary,
-                    "block_sparsities": sparsities,
-                }
-                (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
-            plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots, before)
-        print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")
+        from ..distributed import current as current_parallel
+
+        current_parallel().on_main(lambda: _write_outputs(args, model, report, primary, sparsities, before, stages),
+                                   f"writing {args.output} on rank 0")
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, model, report, primary: str, sparsities, before,
+                   stages: Stages) -> None:
+    """esd.json, allocation.json and the plots (rank 0 only under torchrun)."""
+    with stages.stage(f"Writing {args.output}"):
+        args.output.mkdir(parents=True, exist_ok=True)
+        data = report.to_dict()
+        if before:  # the pruned folder's own record of its blocks before pruning, beside the analysis now
+            data["blocks_before_pruning"] = before
+        (args.output / "esd.json").write_text(json.dumps(data, indent=2))
+        if sparsities:
+            allocation = {
+                "sparsity": args.sparsity,
+                "epsilon": args.epsilon,
+                "metric": primary,
+                "block_sparsities": sparsities,
+            }
+            (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
+        plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots, before)
+    print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")

@@ -46,6 +46,15 @@ class LayerPruner:
         """Return the pruned copy of ``weight`` (out, in), same dtype."""
         raise NotImplementedError
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """This process's statistics as float64 sums over its tokens (zeros when it saw none), so that a
+        data-parallel run can sum them over ranks (:mod:`optimum_alpha.distributed`); ``width`` is the
+        matrix's number of inputs. A pruner without statistics returns none."""
+        return []
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        """Take the sums over ranks of what :meth:`partial_sums` returned."""
+
     def free(self) -> None:
         """Drop accumulated statistics."""
 

@@ -13,8 +13,8 @@ from ..options import RECOVERY_METHODS as METHODS
 from ..options import RECOVERY_OBJECTIVES as OBJECTIVES
 from ..options import recovery_default
 
-# Learning rates that recovered SmolLM2-135M in a few hundred steps (docs/recovery.md): LoRA's low-rank
-# update needs a larger step than full fine-tuning of every kept weight.
+# Usual choices for short runs (LoRA's low-rank update takes larger steps than full fine-tuning); not tuned
+# here: docs/recovery.md has the one measurement made with them (full, 8 steps).
 DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 5e-4}
 
 
