@@ -217,13 +217,14 @@ def save_pruned(
     from ..distributed import current as current_parallel
 
     kwargs = dict(tokenizer=tokenizer, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
-                  metadata=metadata)
+                  metadata=metadata, writer_options=writer_options)
     written = current_parallel().on_main(lambda: _save_here(model, save_dir, **kwargs), f"saving {save_dir}")
     return written if written is not None else Path(save_dir)
 
 
 def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any, format: str,
-               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None) -> Path:
+               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None,
+               writer_options: dict[str, Any]) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise CheckpointError(
             f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"
