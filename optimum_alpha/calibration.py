@@ -1,11 +1,15 @@
-"""Sequential calibration: capture what every block receives in one dense pass, then replay blocks one at a time.
+"""Sequential calibration: record what every block receives in one pass that computes no block, then replay
+blocks one at a time (several calibration windows per forward).
 
 transformers 5 gives each decoder layer its own arguments: ``attention_mask=causal_mask_mapping[layer_types[i]]``
 (sliding-window and full-attention layers get different masks) and, in Gemma 3, per-type
 ``position_embeddings``. So nothing is listed here and nothing is shared by assumption: a forward pre-hook on
 *every* block records all of its positional and keyword arguments except the hidden states, and each block is
 replayed with exactly its own. Tensors are interned (one copy of each distinct value, compared by identity
-first), so thirty blocks that receive the same mask store it once.
+first), so thirty blocks that receive the same mask store it once. All of these arguments are made by the
+model's forward before block 0 runs, so the capture pass does not compute the blocks (each hands its input
+on unchanged): a prune runs every block twice, once dense for its statistics and once pruned for the next
+block's inputs (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from .data import sample_calibration
+from .distributed import current as current_parallel
 from .errors import CalibrationDataError
 from .model_utils import max_positions
 
@@ -102,6 +107,20 @@ class BlockInputs:
 
     hidden_states: list[torch.Tensor] = field(default_factory=list)
     per_block: list[ArgumentStore] = field(default_factory=list)
+    batch_size: int = 1  # windows per block forward in run_block
+
+    def batches(self, block_index: int) -> list[list[int]]:
+        """Consecutive windows that share this block's arguments, at most ``batch_size`` per forward."""
+        store = self.per_block[block_index]
+        groups: list[list[int]] = []
+        for i in range(len(self.hidden_states)):
+            if groups and len(groups[-1]) < self.batch_size \
+                    and store.extra_index[groups[-1][0]] == store.extra_index[i] \
+                    and self.hidden_states[groups[-1][0]].shape == self.hidden_states[i].shape:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
 
     def __len__(self) -> int:
         return len(self.hidden_states)
@@ -131,27 +150,41 @@ def block_execution_device(block: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, blocks: Sequence[nn.Module], input_ids: torch.Tensor) -> BlockInputs:
+def capture_block_inputs(model: nn.Module, blocks: Sequence[nn.Module], input_ids: torch.Tensor,
+                         batch_size: int = 1) -> BlockInputs:
     """Run the model once per calibration window, recording block 0's hidden states and every block's own
-    arguments; the pass stops at the last block, so the dense blocks before it run once."""
-    captured = BlockInputs(per_block=[ArgumentStore() for _ in blocks])
+    arguments, without computing the blocks.
+
+    Every block's arguments (masks, rotary embeddings, cache flags) are made by the model's forward before
+    the first block runs (see the module docstring), so during this pass each block's ``forward`` is
+    replaced by one that records its arguments and hands its input on unchanged, in the output structure the
+    model expects (learnt from one real call of block 0 on the first window). The pass stops at the last
+    block. So a prune runs each block twice (statistics, replay), not three times. ``batch_size``: windows
+    per block forward in :func:`run_block`."""
+    captured = BlockInputs(per_block=[ArgumentStore() for _ in blocks], batch_size=max(1, int(batch_size)))
     interner = _Interner()
     seen: dict[int, torch.Tensor] = {}
     last = len(blocks) - 1
+    template: list[Any] = []  # block 0's real output on the first window: the structure to hand on
 
-    def make_hook(index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            kwargs = dict(kwargs)
-            hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+    def make_forward(index: int, original: Any):
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            rest_kwargs = dict(kwargs)
+            hidden, rest = (args[0], args[1:]) if args else (rest_kwargs.pop("hidden_states"), ())
             if index == 0:
                 captured.hidden_states.append(hidden.detach())
-            captured.per_block[index].add(interner(tuple(rest), seen), interner(kwargs, seen))
+            captured.per_block[index].add(interner(tuple(rest), seen), interner(rest_kwargs, seen))
             if index == last:
                 raise _StopForward
+            if not template:
+                template.append(original(*args, **kwargs))
+            return _pass_through(template[0], hidden)
 
-        return hook
+        return forward
 
-    handles = [block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    originals = [block.__dict__.get("forward") for block in blocks]  # accelerate puts its wrapper here
+    for index, block in enumerate(blocks):
+        block.forward = make_forward(index, block.forward)
     embed_device = model.get_input_embeddings().weight.device
     if embed_device.type == "meta":
         embed_device = block_execution_device(blocks[0])
@@ -163,9 +196,21 @@ def capture_block_inputs(model: nn.Module, blocks: Sequence[nn.Module], input_id
             except _StopForward:
                 pass
     finally:
-        for handle in handles:
-            handle.remove()
+        for block, original in zip(blocks, originals):
+            if original is None:
+                del block.forward
+            else:
+                block.forward = original
     return captured
+
+
+def _pass_through(template: Any, hidden: torch.Tensor) -> Any:
+    """``hidden`` in the structure of a block output: a tensor, or a tuple/list whose first item it is."""
+    if isinstance(template, torch.Tensor):
+        return hidden
+    if isinstance(template, (tuple, list)):
+        return type(template)([hidden, *template[1:]])
+    raise TypeError(f"Cannot hand on a block output of type {type(template).__name__} during capture.")
 
 
 def block_output(output: Any) -> torch.Tensor:
@@ -176,15 +221,19 @@ def block_output(output: Any) -> torch.Tensor:
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs, block_index: int,
               keep_outputs: bool = True) -> list[torch.Tensor]:
-    """Replay block ``block_index`` on every captured sample with its own arguments; returns its outputs
-    (the next block's inputs)."""
+    """Replay block ``block_index`` on every captured sample with its own arguments, ``inputs.batch_size``
+    windows per forward (windows with the same arguments are stacked on the batch axis; the arguments were
+    made for one window and broadcast over it, as the model's own batch-1 masks and rotary embeddings do);
+    returns its outputs, one per window (the next block's inputs)."""
     device = block_execution_device(block)
     outputs = []
-    for i, hidden in enumerate(inputs.hidden_states):
-        args, kwargs = inputs.arguments(block_index, i, device)
-        out = block_output(block(hidden.to(device), *args, **kwargs))
+    for group in inputs.batches(block_index):
+        args, kwargs = inputs.arguments(block_index, group[0], device)
+        hidden = torch.cat([inputs.hidden_states[i] for i in group]).to(device) if len(group) > 1 \
+            else inputs.hidden_states[group[0]].to(device)
+        out = block_output(block(hidden, *args, **kwargs))
         if keep_outputs:
-            outputs.append(out.detach())
+            outputs.extend(out.detach().split([inputs.hidden_states[i].shape[0] for i in group]))
     return outputs
 
 
@@ -205,7 +254,8 @@ def calibration_inputs(model: nn.Module, blocks: Sequence[nn.Module], tokenizer:
     for notice in sample.notices:
         logger.warning("Calibration: %s", notice)
     ids = sample.ids
-    inputs = capture_block_inputs(model, blocks, ids)
+    inputs = capture_block_inputs(model, blocks, current_parallel().shard(ids),  # this rank's share
+                                  max(1, config.calibration_batch_tokens // seqlen))
     details = {
         "dataset": config.to_dict()["calibration_dataset"],
         "nsamples": int(ids.shape[0]),

@@ -15,7 +15,7 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .allocation import check_epsilon, check_sparsity
-from .allocations import get_allocation
+from .allocations import allocation_classes, get_allocation
 from .errors import ConfigError
 from .esd_sampling import FarmsOptions, check_esd_sampling
 from .matrices import compile_patterns
@@ -33,7 +33,8 @@ from .options import (
     default,
     resolve_seqlen,
 )
-from .pruning import get_pruner_class
+from .pruning import get_pruner_class, pruner_classes
+from .reconstruction import check_reconstruct
 
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
 QUANT_METHOD = "alpha_pruning"
@@ -154,10 +155,20 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         seqlen: tokens per window; None means min(2048, the model's max positions), never the full context
             (131072 positions of Llama-3 would allocate a 64 GiB buffer).
         seed: seed of the calibration sampling.
+        calibration_batch_tokens: tokens per block forward over the calibration windows (as many whole windows
+            as fit, at least one); results equal one window at a time up to float rounding.
         nm: optional N:M semi-structured pattern. ``"N:M"`` (e.g. ``"2:4"``): N of every M consecutive input
             weights kept in every layer; sparsity is then 1 - N/M and ``sparsity``/``allocation`` are not used.
             ``"mixed:M"`` (e.g. ``"mixed:8"``, paper appendix H.6): each block (or matrix) gets its own N,
             chosen by ``allocation`` so that the total kept fraction matches 1 - ``sparsity``.
+        dlp_alpha: DLP's sparsity spread α (``allocation="dlp"``; the authors' 0.15).
+        atp_beta: ATP's common difference β between the sparsities of consecutive blocks (``allocation="atp"``),
+            or ``"auto"``: one prune per value of ``atp_beta_grid`` scored on ``heldout`` windows, like ε auto.
+        reconstruct: ``none`` or ``block``: after each block is pruned, refit its kept weights (mask fixed) so
+            that every matrix reproduces its dense output on the calibration inputs, in forward order (see
+            :mod:`optimum_alpha.reconstruction`). Any method, N:M and experts; needs calibration text.
+        reconstruct_iters / reconstruct_damp: conjugate-gradient steps of that refit per matrix, and its ridge as
+            a fraction of the mean diagonal of XᵀX.
         owl_threshold / owl_lambda: OWL's outlier multiple M and sparsity spread λ (``allocation="owl"``,
             which allocates per block).
         percdamp / blocksize: SparseGPT's Hessian dampening (fraction of mean diagonal; ALPS uses it too) and
@@ -210,9 +221,16 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     nsamples: int | None = default("nsamples")
     seqlen: int | None = default("seqlen")
     seed: int = default("seed")
+    calibration_batch_tokens: int = default("calibration_batch_tokens")
     nm: str | None = default("nm")
     owl_threshold: float = default("owl_threshold")
     owl_lambda: float = default("owl_lambda")
+    dlp_alpha: float = default("dlp_alpha")
+    atp_beta: float | str = default("atp_beta")
+    atp_beta_grid: tuple[float, ...] = default("atp_beta_grid")
+    reconstruct: str = default("reconstruct")
+    reconstruct_iters: int = default("reconstruct_iters")
+    reconstruct_damp: float = default("reconstruct_damp")
     percdamp: float = default("percdamp")
     blocksize: int = default("blocksize")
     alps_rho: float = default("alps_rho")
@@ -237,7 +255,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_field_types(self)
         self.method = str(self.method).lower()
         self.allocation = str(self.allocation).lower()
-        pruner_cls = get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
+        get_pruner_class(self.method)  # an unknown name fails here, listing the registered ones
         allocation_cls = get_allocation(self.allocation)
         self.metric = canonical_metric(str(self.metric))
         if self.metric not in METRICS:
@@ -256,14 +274,17 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             )
         if self.nsamples is not None and int(self.nsamples) < 1:
             raise ConfigError(f"nsamples must be >= 1, got {self.nsamples}.")
+        if int(self.calibration_batch_tokens) < 1:
+            raise ConfigError(f"calibration_batch_tokens must be >= 1, got {self.calibration_batch_tokens}.")
         if self.seqlen is not None and int(self.seqlen) < 1:
             raise ConfigError(f"seqlen must be >= 1 (or None for min(2048, max positions)), got {self.seqlen}.")
         parse_nm(self.nm)
         mixed = parse_mixed_nm(self.nm)
         if mixed is not None:
             check_mixed_sparsity(float(self.sparsity), mixed)
-        allocation_cls.check_config(self)  # each plug-in validates the fields it reads
-        pruner_cls.check_config(self)
+        for plugin in (*allocation_classes(), *pruner_classes()):  # each validates the fields it reads
+            plugin.check_config(self)
+        allocation_cls.check_chosen(self)
         if self.ignore is not None:
             if isinstance(self.ignore, str):
                 self.ignore = [self.ignore]
@@ -271,6 +292,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             compile_patterns(self.ignore)
         if self.block_score not in BLOCK_SCORES:
             raise ConfigError(f"Unknown block_score {self.block_score!r}; use one of {', '.join(BLOCK_SCORES)}.")
+        check_reconstruct(self.reconstruct, self.reconstruct_iters, float(self.reconstruct_damp))
+        self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)  # a JSON list reads back as the tuple
         self._check_structure()
 
     @property
@@ -299,6 +322,14 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             check_epsilon(value)
         if int(self.heldout) < 1:
             raise ConfigError(f"heldout (windows scoring epsilon='auto') must be >= 1, got {self.heldout}.")
+
+    @property
+    def heldout_search(self) -> tuple[str, tuple[float, ...]] | None:
+        """(field, grid) when the allocation's searched option is ``"auto"`` (ε of alpha, β of ATP), else None."""
+        searched = get_allocation(self.allocation).searched_option
+        if searched is None or getattr(self, searched[0]) != AUTO:
+            return None
+        return searched[0], tuple(getattr(self, searched[1]))
 
     @property
     def searches_epsilon(self) -> bool:
@@ -331,7 +362,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def needs_calibration_text(self) -> bool:
         """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
         return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
-                or self.structure == "width")
+                or self.structure == "width" or self.reconstruct == "block")
 
     @property
     def width_only(self) -> bool:
@@ -390,6 +421,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["epsilon_grid"] = list(self.epsilon_grid)
+        data["atp_beta_grid"] = list(self.atp_beta_grid)
         data["calibration_dataset"] = _json_value(self.calibration_dataset)
         data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))
         return data

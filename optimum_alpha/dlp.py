@@ -22,9 +22,10 @@ from .calibration import BlockInputs
 from .errors import ConfigError
 from .matrices import PrunableMatrix
 from .owl import collect_block_scores, spread_allocation
+from .options import default
 from .statistics import InputSquaredNorms
 
-DLP_ALPHA = 0.15  # the authors' default α (half-width of the sparsity spread)
+DLP_ALPHA = default("dlp_alpha")  # the authors' default α (half-width of the sparsity spread)
 
 
 def check_dlp_alpha(alpha: float) -> None:
@@ -32,11 +33,10 @@ def check_dlp_alpha(alpha: float) -> None:
         raise ConfigError(f"dlp_alpha (half-width of DLP's sparsity spread) must be in [0, 0.5], got {alpha}; "
                           f"DLP uses {DLP_ALPHA}.")
 
-
 def wanda_scores(matrix: PrunableMatrix, statistic: InputSquaredNorms) -> torch.Tensor:
     """|W|·‖X‖ with ‖X_j‖ the per-token RMS of input feature j (the authors' sqrt of ``scaler_row``)."""
     weight = matrix.read()
-    rms = (statistic.sums.to(weight.device) / max(statistic.tokens, 1)).sqrt()  # type: ignore[union-attr]
+    rms = (statistic.sums.to(weight.device) / max(statistic.tokens, 1)).sqrt().float()  # type: ignore[union-attr]
     return weight.abs().float() * rms[None, :]
 
 

@@ -1,4 +1,4 @@
-"""``epsilon="auto"``: choose AlphaPruning's ε by perplexity on held-out calibration-source windows.
+"""``epsilon="auto"`` (and ATP's ``atp_beta="auto"``): choose AlphaPruning's ε by perplexity on held-out calibration-source windows.
 
 The paper tunes ε (its τ) per model and method with a sweep (Table 8), scored on the test set. Here every
 value of ``config.epsilon_grid`` is tried: the dense prunable weights are snapshotted, the model is pruned
@@ -45,6 +45,14 @@ def search_epsilon(state: ModelState, config: AlphaPruningConfig, prune_once: Pr
     """Sweep ``config.epsilon_grid`` with ``prune_once`` (the pipeline's prune for a fixed ε), keep the ε with
     the lowest held-out perplexity; ``(model, report)`` of the final prune, whose ``epsilon_search`` holds the
     whole sweep."""
+    return search_on_heldout(state, config, "epsilon", config.epsilon_grid, prune_once, show_progress)
+
+
+def search_on_heldout(state: ModelState, config: AlphaPruningConfig, field: str, grid: tuple[float, ...],
+                      prune_once: PruneOnce, show_progress: bool = True):
+    """One ``prune_once`` per value of ``grid`` for config ``field`` (alpha's ε, ATP's β), each scored on the
+    held-out windows and undone; then the prune with the best value. ``report.epsilon_search`` holds the sweep
+    (its ``parameter`` names the field)."""
     seqlen = config.resolve_seqlen(max_positions(state.model))
     sample = sample_calibration(state.tokenizer, config.calibration_dataset, config.nsamples, seqlen,
                                 config.seed, config.calibration_sampling, heldout=config.heldout)
@@ -53,32 +61,34 @@ def search_epsilon(state: ModelState, config: AlphaPruningConfig, prune_once: Pr
     snapshot = snapshot_weights(state, config)
     scores: list[float] = []
     try:
-        for epsilon in config.epsilon_grid:
-            prune_once(state, replace(base, epsilon=epsilon), False)
+        for value in grid:
+            prune_once(state, replace(base, **{field: value}), False)
             score = window_perplexity(state.model, sample.heldout)
             scores.append(score if math.isfinite(score) else math.inf)
-            logger.info("epsilon=auto: ε %.3g -> held-out perplexity %.3f", epsilon, score)
+            logger.info("%s=auto: %.4g -> held-out perplexity %.3f", field, value, score)
             restore_weights(state, config, snapshot)
     except BaseException:
         restore_weights(state, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
         raise
     best = min(range(len(scores)), key=scores.__getitem__)
-    chosen = config.epsilon_grid[best]
-    logger.info("epsilon=auto: chose ε %.3g of %s", chosen, list(config.epsilon_grid))
-    model, report = prune_once(state, replace(base, epsilon=chosen), show_progress)
-    report.config = {**report.config, "epsilon": config.epsilon, "nsamples": config.nsamples}
-    report.epsilon_search = describe_search(config, sample, scores, chosen)
+    chosen = grid[best]
+    logger.info("%s=auto: chose %.4g of %s", field, chosen, list(grid))
+    model, report = prune_once(state, replace(base, **{field: chosen}), show_progress)
+    report.config = {**report.config, field: getattr(config, field), "nsamples": config.nsamples}
+    report.epsilon_search = describe_search(grid, sample, scores, chosen, field)
     return model, report
 
 
-def describe_search(config: AlphaPruningConfig, sample: Any, scores: list[float], chosen: float) -> dict:
+def describe_search(grid: tuple[float, ...], sample: Any, scores: list[float], chosen: float,
+                    parameter: str = "epsilon") -> dict:
     """The sweep as the report, ``alpha_pruning.json`` and the model card record it."""
     return {
-        "grid": list(config.epsilon_grid),
+        "parameter": parameter,
+        "grid": list(grid),
         "heldout_perplexity": scores,
         "chosen": chosen,
         "heldout_windows": int(sample.heldout.shape[0]),
         "heldout_seqlen": int(sample.heldout.shape[1]),
         "heldout_source": sample.source,
-        "prunes": len(config.epsilon_grid) + 1,
+        "prunes": len(grid) + 1,
     }

@@ -23,3 +23,11 @@ class CalibrationDataError(AlphaPruningError):
 
 class CheckpointError(AlphaPruningError):
     """A save/load target is invalid (exists, is a file, not writable, bad format)."""
+
+
+class DistributedRunError(AlphaPruningError):
+    """A data-parallel run (torchrun) failed: names the rank that failed and what it was doing."""
+
+
+class MissingExtraError(AlphaPruningError):
+    """A feature needs an optional extra (``pip install 'optimum-alpha[eval]'``) that is not installed."""

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import current as current_parallel
 from .errors import ConfigError, ModelStructureError
 from .esd_sampling import FarmsOptions, check_esd_sampling, farms_eigenvalues, mid_hill_fit
 from .matrices import PrunableMatrix, model_weights
@@ -299,6 +300,13 @@ def aggregate_blocks(matrices: list[MatrixSpectrum], how: str = "mean") -> list[
     return blocks
 
 
+def eigen_cost(matrix: PrunableMatrix) -> float:
+    """Relative cost of a matrix's spectrum (the Gram product and eigvalsh of the smaller side)."""
+    rows, cols = matrix.shape
+    small = min(rows, cols)
+    return float(rows) * cols * small + small ** 3
+
+
 def analyze(
     model: nn.Module,
     metrics: Iterable[str] | None = None,
@@ -324,8 +332,7 @@ def analyze(
     path, blocks = model_weights(model)
     if matrices is None:
         matrices = [m for block in blocks for m in block.matrices]
-    results = []
-    for matrix in tqdm(list(matrices), desc="ESD analysis", unit="matrix", disable=not show_progress):
+    def spectrum(matrix: PrunableMatrix) -> MatrixSpectrum:
         weight = matrix.read()
         check_finite(weight, matrix.name)
         if esd_sampling == "farms":
@@ -334,17 +341,20 @@ def analyze(
         else:
             eigenvalues, given_fit = matrix_eigenvalues(weight), None
         values, fit = spectrum_metrics(eigenvalues, fix_finger=fix_finger, name=matrix.name, fit=given_fit)
-        results.append(
-            MatrixSpectrum(
-                block_index=matrix.block_index,
-                name=matrix.name,
-                shape=(int(weight.shape[0]), int(weight.shape[1])),
-                n_eigenvalues=int(eigenvalues.numel()),
-                xmin=fit.xmin,
-                ks_distance=fit.ks_distance,
-                n_tail=fit.n_tail,
-                metrics={k: values[k] for k in wanted},
-            )
+        return MatrixSpectrum(
+            block_index=matrix.block_index,
+            name=matrix.name,
+            shape=(int(weight.shape[0]), int(weight.shape[1])),
+            n_eigenvalues=int(eigenvalues.numel()),
+            xmin=fit.xmin,
+            ks_distance=fit.ks_distance,
+            n_tail=fit.n_tail,
+            metrics={k: values[k] for k in wanted},
         )
+
+    parallel = current_parallel()  # under torchrun each rank computes its share of the matrices
+    matrices = list(matrices)
+    progress = tqdm(matrices, desc="ESD analysis", unit="matrix", disable=not show_progress or parallel.active)
+    results = parallel.map_balanced(spectrum, progress, [eigen_cost(m) for m in matrices], "computing spectra")
     return ESDReport(results, fix_finger=fix_finger, blocks_path=path, block_score=block_score,
                      esd_sampling=esd_sampling, farms=farms.to_dict() if esd_sampling == "farms" else {})

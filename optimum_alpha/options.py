@@ -130,6 +130,13 @@ OPTIONS: tuple[Option, ...] = (
            "allocation", metavar="M"),
     Option("owl_lambda", 0.08, "float", "OWL's lambda: block sparsities lie in target +- lambda", "allocation",
            metavar="L"),
+    Option("dlp_alpha", 0.15, "float", "DLP's alpha: block sparsities lie in target +- alpha", "allocation",
+           metavar="A"),
+    Option("atp_beta", "auto", "epsilon", "ATP's step between the sparsities of consecutive blocks; 'auto' prunes "
+           "once per atp-beta-grid value, keeps the lowest held-out perplexity and prunes again", "allocation",
+           metavar="B|auto"),
+    Option("atp_beta_grid", (0.0025, 0.005, 0.0075, 0.01, 0.0125), "floats", "the beta values tried by atp-beta "
+           "auto", "allocation", metavar="B"),
     # calibration
     Option("calibration_dataset", "c4", "str", "calibration text: c4, wikitext2, or a .txt/.json/.jsonl/.parquet "
            "file with a 'text' field", "calibration", flag="--calibration", metavar="c4|wikitext2|PATH"),
@@ -141,6 +148,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("seqlen", None, "count", "tokens per calibration window; default min(2048, model max positions)",
            "calibration", metavar="N"),
     Option("seed", 0, "int", "seed of the calibration sampling", "calibration", metavar="N"),
+    Option("calibration_batch_tokens", 4096, "count", "tokens per block forward over the calibration windows: "
+           "as many whole windows as fit (at least one) run together; lower it if activations do not fit",
+           "calibration", metavar="N"),
     Option("tokenizer", None, "str", "tokenizer for pruning inside from_pretrained", "calibration", flag=None,
            cli_note="the command line calibrates with the model's own tokenizer"),
     # layer solvers
@@ -153,6 +163,13 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no refit)", "solver", metavar="N"),
     Option("alps_pcg_tol", 1e-4, "float", "alps: relative residual at which the refit stops", "solver",
            metavar="T"),
+    Option("reconstruct", "none", "choice", "block: after each block is pruned, refit its kept weights (mask "
+           "fixed) so that it reproduces the dense block on the calibration inputs", "solver",
+           choices=("none", "block")),
+    Option("reconstruct_iters", 20, "count", "block reconstruction: conjugate-gradient steps per matrix", "solver",
+           metavar="N"),
+    Option("reconstruct_damp", 0.01, "float", "block reconstruction: ridge, as a fraction of the mean diagonal of "
+           "XᵀX", "solver", metavar="F"),
     # width pruning
     Option("structure", "unstructured", "choice", "unstructured: zeros inside the weights; width: remove whole "
            "attention heads and MLP channels for a smaller dense model", "width", choices=STRUCTURES),
@@ -169,6 +186,69 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME = {option.name: option for option in OPTIONS}
+
+# ---- recovery after pruning: the fields of RecoveryConfig and the flags of `alpha-prune recover`
+RECOVERY_OBJECTIVES = ("kd", "lm", "mix")
+RECOVERY_METHODS = ("full", "lora")
+LR_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
+
+RECOVERY_OPTIONS: tuple[Option, ...] = (
+    Option("objective", "kd", "choice", "kd: KL to the dense teacher's next-token distribution; lm: next-token "
+           "loss on the data; mix: kd-weight x KD + (1 - kd-weight) x LM", "objective", choices=RECOVERY_OBJECTIVES),
+    Option("temperature", 1.0, "float", "KD temperature T (the KL is scaled by T squared)", "objective", metavar="T"),
+    Option("kd_weight", 0.5, "float", "with objective mix: the share of the KD term", "objective", metavar="W"),
+    Option("hidden_mse_weight", 0.0, "float", "weight of a per-block hidden-state MSE to the teacher (0: off)",
+           "objective", flag="--hidden-mse", metavar="W"),
+    Option("method", "full", "choice", "full: every kept weight trains, pruned ones stay 0; lora: peft adapters, "
+           "merged back, pruned weights set to 0 again", "training", choices=RECOVERY_METHODS),
+    Option("steps", 200, "count", "optimizer steps (each sees batch-size x grad-accum windows)", "training",
+           metavar="N"),
+    Option("learning_rate", None, "float", "peak learning rate; default 5e-5 (full) or 5e-4 (lora)", "training",
+           flag="--lr", metavar="LR"),
+    Option("warmup_steps", None, "int", "linear warm-up steps; default 5 percent of the steps (at least 1)", "training",
+           metavar="N"),
+    Option("lr_schedule", "cosine", "choice", "learning-rate schedule after the warm-up", "training",
+           choices=LR_SCHEDULES),
+    Option("weight_decay", 0.0, "float", "AdamW weight decay", "training", metavar="F"),
+    Option("max_grad_norm", 1.0, "float", "gradient clipping norm (0: off)", "training", metavar="F"),
+    Option("batch_size", 1, "count", "windows per micro-batch", "training", metavar="N"),
+    Option("gradient_accumulation", 1, "count", "micro-batches per optimizer step", "training",
+           flag="--grad-accum", metavar="N"),
+    Option("seqlen", 512, "count", "tokens per training window", "training", metavar="N"),
+    Option("seed", 0, "int", "data order seed", "training", metavar="N"),
+    Option("train_routers", False, "flag_on", "let MoE routers train (default: frozen)", "training"),
+    Option("log_steps", 1, "count", "record the loss every N steps", "training", metavar="N"),
+    Option("lora_targets", None, "str", "with method lora: comma-separated module names for adapters; default "
+           "every prunable Linear in the blocks (routers excluded)", "lora", metavar="NAMES"),
+    Option("lora_experts", False, "flag_on", "with method lora: adapters on fused MoE expert parameters too (default: off)",
+           "lora"),
+    Option("lora_rank", 16, "count", "LoRA rank r", "lora", metavar="R"),
+    Option("lora_alpha", 32.0, "float", "LoRA alpha (the update is scaled by alpha / r)", "lora", metavar="A"),
+    Option("lora_dropout", 0.0, "float", "dropout on the adapters' input", "lora", metavar="P"),
+    Option("dataset", "c4", "str", "c4 (the shipped sample minus the calibration documents), a "
+           ".txt/.json/.jsonl/.parquet file, or a datasets Hub id", "data", metavar="SRC"),
+    Option("dataset_config", None, "str", "the datasets configuration name of a Hub id", "data", metavar="NAME"),
+    Option("dataset_split", "train", "str", "the split of a Hub id", "data", metavar="SPLIT"),
+    Option("output_dir", None, "str", "Trainer checkpoints; default OUTPUT.recovery, deleted once the run "
+           "completes", "checkpoints", flag="--checkpoint-dir", metavar="DIR"),
+    Option("save_steps", 50, "count", "a resumable checkpoint every N steps (and one on Ctrl-C)", "checkpoints",
+           metavar="N"),
+    Option("resume", False, "flag_on", "continue from the last checkpoint in --checkpoint-dir (default: off)", "checkpoints"),
+    Option("evaluate", True, "flag_off", "skip the perplexity before and after (default: measured)", "evaluation",
+           flag="--no-eval"),
+    Option("eval_dataset", "wikitext2", "str", "evaluation text", "evaluation", metavar="NAME"),
+    Option("eval_seqlen", 512, "count", "tokens per evaluation window", "evaluation", metavar="N"),
+    Option("eval_windows", 20, "count", "evaluation windows (the demo's protocol: 20 x 512)", "evaluation",
+           flag="--max-windows", metavar="N"),
+)
+
+RECOVERY_BY_NAME = {option.name: option for option in RECOVERY_OPTIONS}
+
+
+def recovery_default(name: str) -> Any:
+    """The default of recovery option ``name`` (RecoveryConfig and `alpha-prune recover` both use it)."""
+    return RECOVERY_BY_NAME[name].default
+
 
 
 def default(name: str) -> Any:
@@ -194,10 +274,11 @@ def resolve_seqlen(seqlen: int | None, max_positions: int | None, flag: str = "s
     return int(seqlen)
 
 
-def markdown_table() -> str:
-    """The option table of docs/cli.md (a test keeps the doc equal to this)."""
+def markdown_table(options: tuple[Option, ...] = OPTIONS) -> str:
+    """The option table of docs/cli.md, or of docs/recovery.md for ``RECOVERY_OPTIONS`` (tests keep the docs
+    equal to these)."""
     lines = ["| flag | config field | default | choices / values | what it does |", "| --- | --- | --- | --- | --- |"]
-    for option in OPTIONS:
+    for option in options:
         choices = option.choice_values()
         values = ", ".join(choices) if choices else option.metavar or ""
         flag = f"`{option.cli_flag}`" if option.cli_flag else f"(none: {option.cli_note})"
@@ -206,5 +287,7 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m optimum_alpha.options: the table for docs/cli.md
-    print(markdown_table())
+if __name__ == "__main__":  # python -m optimum_alpha.options [recovery]: the table for docs/cli.md (recovery.md)
+    import sys
+
+    print(markdown_table(RECOVERY_OPTIONS if sys.argv[1:] == ["recovery"] else OPTIONS))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .allocation import check_sparsity, fit_to_budget
 from .calibration import BlockInputs
+from .distributed import current as current_parallel
 from .errors import ConfigError
 from .matrices import PrunableMatrix
 from .statistics import InputSquaredNorms, collect_block_statistics
@@ -73,10 +74,14 @@ def collect_block_scores(blocks: Sequence[nn.Module], block_matrices: Sequence[S
     """One dense pass: for each block, ``score(matrices, input statistics)``; ``inputs`` ends holding the last
     block's outputs. Shared by the allocations that score blocks from weights and activations (OWL, DLP)."""
     scores = []
-    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not show_progress)):
+    parallel = current_parallel()
+    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block",
+                                       disable=not show_progress or not parallel.is_main)):
         statistics = {m.name: InputSquaredNorms() for m in block_matrices[index]}
-        outputs = collect_block_statistics(block, index, block_matrices[index], statistics, inputs,
-                                           keep_outputs=True)
+        with parallel.step(f"scoring block {index}"):
+            outputs = collect_block_statistics(block, index, block_matrices[index], statistics, inputs,
+                                               keep_outputs=True)
+        parallel.sum_statistics([(statistics[m.name], m.shape[1]) for m in block_matrices[index]])
         scores.append(score(block_matrices[index], statistics))
         inputs.hidden_states = outputs
     return scores

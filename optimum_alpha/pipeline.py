@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .epsilon_search import search_epsilon
+from .epsilon_search import search_on_heldout
 from .state import ModelState
 from .structured import prune_structured
 from .unstructured import prune_unstructured
@@ -22,6 +22,7 @@ def prune_with_fixed_epsilon(state: ModelState, config: Any, show_progress: bool
 
 def prune_model(state: ModelState, config: Any, show_progress: bool = True):
     """Prune ``state.model`` in place as ``config`` says; returns ``(model, PruningReport)``."""
-    if config.searches_epsilon:  # one prune per grid value, then one more with the best ε
-        return search_epsilon(state, config, prune_with_fixed_epsilon, show_progress)
+    search = config.heldout_search  # alpha's ε or ATP's β = "auto": one prune per grid value, then the best
+    if search is not None:
+        return search_on_heldout(state, config, *search, prune_with_fixed_epsilon, show_progress)
     return prune_with_fixed_epsilon(state, config, show_progress)

@@ -34,25 +34,36 @@ def plot_block_profile(
     block_sparsities: Sequence[float] | None,
     path: str | Path,
     metric_name: str = "alpha_hill",
+    after_scores: Sequence[float] | None = None,
 ) -> Path:
     """Plot the per-block metric (bars) and, if given, the per-block sparsity (line) against depth.
 
     This is the picture AlphaPruning is about: blocks with a lower heavy-tail exponent are better
-    trained and receive less sparsity. Returns the written PNG path.
+    trained and receive less sparsity. ``after_scores`` (the metric re-measured after pruning) adds a
+    second bar per block and both means as dashed lines, as in the paper's Figure 5. Returns the PNG path.
     """
     scores = [float(s) for s in block_scores]
     if not scores:
         raise ValueError("plot_block_profile needs at least one block score")
-    if block_sparsities is not None and len(block_sparsities) != len(scores):
-        raise ValueError(
-            f"got {len(scores)} block scores but {len(block_sparsities)} block sparsities; pass one per block"
-        )
+    for name, values in (("block sparsities", block_sparsities), ("scores after pruning", after_scores)):
+        if values is not None and len(values) != len(scores):
+            raise ValueError(f"got {len(scores)} block scores but {len(values)} {name}; pass one per block")
     plt = _pyplot()
     out = _prepare_path(path)
     depth = list(range(len(scores)))
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     try:
-        ax.bar(depth, scores, color="tab:blue", alpha=0.7, label=metric_name)
+        if after_scores is None:
+            ax.bar(depth, scores, color="tab:blue", alpha=0.7, label=metric_name)
+        else:
+            after = [float(s) for s in after_scores]
+            ax.bar([d - 0.2 for d in depth], scores, width=0.4, color="tab:blue", alpha=0.7,
+                   label=f"{metric_name} before pruning")
+            ax.bar([d + 0.2 for d in depth], after, width=0.4, color="tab:orange", alpha=0.8,
+                   label=f"{metric_name} after pruning")
+            for values, color, when in ((scores, "tab:blue", "before"), (after, "tab:orange", "after")):
+                mean = sum(values) / len(values)
+                ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"mean {when}: {mean:.3f}")
         ax.set_xlabel("block index (depth)")
         ax.set_ylabel(metric_name, color="tab:blue")
         ax.tick_params(axis="y", labelcolor="tab:blue")
@@ -66,8 +77,9 @@ def plot_block_profile(
             ax2.tick_params(axis="y", labelcolor="tab:red")
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, loc="upper left")
-        ax.set_title(f"Per-block {metric_name}" + (" and sparsity" if block_sparsities is not None else ""))
+        ax.legend(handles, labels, loc="upper left", fontsize="small" if after_scores is not None else None)
+        when = " before/after pruning" if after_scores is not None else ""
+        ax.set_title(f"Per-block {metric_name}{when}" + (" and sparsity" if block_sparsities is not None else ""))
         fig.tight_layout()
         fig.savefig(out, format="png")
     finally:

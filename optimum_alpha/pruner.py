@@ -34,6 +34,8 @@ class AlphaPruner(OptimumQuantizer):
                  show_progress: bool = True) -> None:
         self.state = ModelState(model, tokenizer, source, show_progress=show_progress)
         self.perplexity: dict[str, float | None] = {"dense": None, "pruned": None}
+        # What evaluators measured (``kl``, ``zero_shot``, ``spectra``, ``speed``): saved in alpha_pruning.json.
+        self.evaluation: dict[str, Any] = {}
         self.saved_path: Path | None = None
         self.recovery_report: Any = None  # set by recover()
 
@@ -147,18 +149,20 @@ class AlphaPruner(OptimumQuantizer):
         esd = self.state.esd_report
         data = run_metadata(self.last_report, base_model=base_model_id(self.source), perplexity=self.perplexity,
                             esd_blocks=[b.metrics for b in esd.blocks] if esd else [])
+        data["evaluation"] = dict(self.evaluation)
         if self.recovery_report is not None:
             data["recovery"] = self.recovery_report.to_dict()
         return data
 
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
-                        overwrite: bool | str = False) -> Path:
-        """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``...) with
-        the tokenizer, ``alpha_pruning.json`` and a model card."""
+                        overwrite: bool | str = False, **writer_options: Any) -> Path:
+        """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``, ``gguf``
+        with ``gguf_type=``...) with the tokenizer, ``alpha_pruning.json`` and a model card."""
         from .checkpoint import save_pruned
 
         path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,
-                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata())
+                           max_shard_size=max_shard_size, overwrite=overwrite, metadata=self.metadata(),
+                           **writer_options)
         self.saved_path = Path(path)
         return self.saved_path
 

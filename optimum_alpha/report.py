@@ -40,6 +40,7 @@ class PruningReport:
     uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
     # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
     structured: list[dict[str, Any]] = field(default_factory=list)
+    reconstruction_s: float = 0.0  # reconstruct="block": seconds spent refitting (included in elapsed_s)
     # Typed run semantics, set once by the stage that makes the report (nobody re-parses the config dict):
     sparsity_cap: float | None = None  # the most any unit could get (None: a fixed N:M pattern decides)
     score_name: str = "score"  # what the block scores are (alpha_hill, outlier_ratio...)

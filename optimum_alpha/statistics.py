@@ -29,23 +29,36 @@ class Sink(Protocol):
 
 
 class InputSquaredNorms:
-    """Σ x² per input feature over the calibration tokens: Wanda's ‖X_j‖₂² and OWL's outlier statistic."""
+    """Σ x² per input feature over the calibration tokens: Wanda's ‖X_j‖₂² and OWL's outlier statistic.
+
+    Summed in float64, so that the result does not depend on how the windows are batched or split across
+    ranks beyond float64 rounding (the float32 norms the pruners use are then the same)."""
 
     def __init__(self) -> None:
-        self.sums: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None  # float64, (in,)
         self.tokens = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
-        flat = inputs.reshape(-1, inputs.shape[-1]).float()
-        batch = flat.pow(2).sum(dim=0)
-        self.sums = batch if self.sums is None else self.sums + batch
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        batch = flat.double().pow(2).sum(dim=0)
+        self.sums = batch if self.sums is None else self.sums.add_(batch)
         self.tokens += flat.shape[0]
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """This process's Σx² (zeros when it saw no token) and token count, for a sum over ranks."""
+        sums = self.sums if self.sums is not None else torch.zeros(width, dtype=torch.float64)
+        return [sums, torch.tensor([float(self.tokens)], dtype=torch.float64)]
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.tokens = int(round(float(sums[1])))
+        self.sums = sums[0] if self.tokens else None
+
     def norms(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """‖X_j‖₂ per input feature."""
+        """‖X_j‖₂ per input feature, float32."""
         if self.sums is None:
             raise RuntimeError("No calibration inputs were recorded.")
-        return self.sums.to(device).sqrt() if device is not None else self.sums.sqrt()
+        sums = self.sums.to(device) if device is not None else self.sums
+        return sums.sqrt().float()
 
 
 def _routing_arguments(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,12 +17,14 @@ from tqdm.auto import tqdm
 
 from .allocations import get_allocation
 from .calibration import run_block
-from .errors import ModelStructureError
+from .distributed import Parallel, current as current_parallel
+from .errors import DistributedRunError, ModelStructureError
 from .interrupts import hold_interrupts
 from .matrices import BlockWeights, PrunableMatrix, check_covered
 from .model_utils import check_block_parameters, max_positions
 from .pruning import LayerPruner, get_pruner_class
 from .pruning.magnitude import MagnitudePruner
+from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .state import ModelState
 from .statistics import collect_block_statistics
@@ -57,6 +59,9 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         logger.info("N:M pattern %s sets the sparsity to %.4f; sparsity=%s is not used.",
                     config.nm, config.effective_sparsity, config.sparsity)
     start = time.perf_counter()
+    if config.reconstruct == "block" and current_parallel().active:  # the same answer on every rank
+        raise DistributedRunError("reconstruct='block' does not run under torchrun yet (its refit would see one "
+                                  "rank's windows only); run it in one process, or drop reconstruct.")
     blocks = state.block_weights(config)
     check_weights(state, blocks)
     model = state.model
@@ -71,21 +76,35 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
         report = new_report(config, blocks, targets)
         state.last_report = report
         inputs = None
-        if pruner_cls.needs_calibration:
+        if pruner_cls.needs_calibration or config.reconstruct == "block":
             inputs, report.calibration = state.calibration_inputs(config)
+        parallel = current_parallel()
         progress = tqdm(list(enumerate(state.blocks)), desc=f"Pruning ({config.method})", unit="block",
-                        disable=not show_progress)
+                        disable=not show_progress or not parallel.is_main)
         for index, block in progress:
             block_start = time.perf_counter()
             matrices = blocks[index].matrices
             pruners = {m.name: pruner_cls(m.name, **config.pruner_options(pruner_cls.options)) for m in matrices}
             if inputs is not None:
-                collect_block_statistics(block, index, matrices, pruners, inputs)
-            new_weights = prune_block(matrices, pruners, targets, config.nm_group, report)
+                with parallel.step(f"collecting the statistics of block {index}"):
+                    collect_block_statistics(block, index, matrices, pruners, inputs)
+                if pruner_cls.needs_calibration:
+                    parallel.sum_statistics([(pruners[m.name], m.shape[1]) for m in matrices])
+            owners = parallel.owners([solver_cost(m) for m in matrices])
+            with parallel.step(f"pruning block {index}"):
+                new_weights = prune_block(matrices, pruners, targets, config.nm_group, report,
+                                          [owner == parallel.rank for owner in owners])
+            share_weights(parallel, matrices, new_weights, owners)
+            if config.reconstruct == "block" and inputs is not None:
+                refit = reconstruct_block(block, index, matrices, new_weights, inputs, config.reconstruct_iters,
+                                          config.reconstruct_damp)
+                new_weights = refit.weights
+                report.reconstruction_s += refit.seconds
             with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                 write_block(index, matrices, new_weights, targets, blocks[index], allocated.block_scores, report)
             if inputs is not None:
-                inputs.hidden_states = run_block(block, inputs, index)
+                with parallel.step(f"replaying block {index}"):
+                    inputs.hidden_states = run_block(block, inputs, index)
             report.blocks[-1].seconds = time.perf_counter() - block_start
             report.elapsed_s = time.perf_counter() - start
     finally:
@@ -96,22 +115,47 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
     return model, report
 
 
+def solver_cost(matrix: PrunableMatrix) -> float:
+    """Relative cost of pruning a matrix (out × in², the order of SparseGPT's and ALPS's solvers), which
+    balances the matrices of a block over the ranks of a data-parallel run."""
+    rows, cols = matrix.shape
+    return float(rows) * cols * cols
+
+
 def prune_block(matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner], targets: dict[str, float],
-                group: int | None, report: PruningReport) -> dict[str, torch.Tensor]:
-    """New values of every matrix of the block, computed before any is written. A matrix that received no
-    calibration input (an expert no token was routed to) is pruned by magnitude and reported."""
+                group: int | None, report: PruningReport,
+                mine: list[bool] | None = None) -> dict[str, torch.Tensor]:
+    """New values of every matrix of the block (of those ``mine`` selects: the others are another rank's),
+    computed before any is written. A matrix that received no calibration input (an expert no token was
+    routed to) is pruned by magnitude and reported."""
     new_weights = {}
-    for matrix in matrices:
+    for i, matrix in enumerate(matrices):
         pruner = pruners[matrix.name]
         if not pruner.calibrated:
             report.uncalibrated.append(matrix.name)
             pruner = MagnitudePruner(matrix.name)
+        if mine is not None and not mine[i]:
+            pruners[matrix.name].free()
+            continue
         weight = matrix.read()  # finite: every block weight is checked before block 0
         target = targets[matrix.name]
         nm = (round((1.0 - target) * group), group) if group else None
         new_weights[matrix.name] = pruner.prune(weight, target, nm)
         pruners[matrix.name].free()
     return new_weights
+
+
+def share_weights(parallel: Parallel, matrices: list[PrunableMatrix], new_weights: dict[str, torch.Tensor],
+                  owners: list[int]) -> None:
+    """Every rank receives the new weights its owners computed (nothing to do in one process)."""
+    if not parallel.active:
+        return
+    for matrix, owner in zip(matrices, owners):
+        if owner == parallel.rank:
+            new_weights[matrix.name] = parallel.share(new_weights[matrix.name], owner)
+        else:
+            weight = matrix.read()
+            new_weights[matrix.name] = parallel.share(torch.empty_like(weight), owner)
 
 
 def write_block(index: int, matrices: list[PrunableMatrix], new_weights: dict[str, torch.Tensor],

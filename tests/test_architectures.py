@@ -39,9 +39,10 @@ def block_weight_names(model: torch.nn.Module) -> dict[str, int]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_replay_of_every_block_equals_the_models_own_forward(family):
+    """Also batched: 3 windows, 2 per block forward (one full batch, one ragged)."""
     model = build(family)
     _, blocks = find_blocks(model)
-    ids = windows()
+    ids = windows(3)
     outputs: dict[int, list[torch.Tensor]] = {}
     handles = [block.register_forward_hook(lambda m, a, o, i=i: outputs.setdefault(i, []).append(block_output(o)))
                for i, block in enumerate(blocks)]
@@ -49,13 +50,35 @@ def test_replay_of_every_block_equals_the_models_own_forward(family):
         hidden = [model(w[None], use_cache=False, output_hidden_states=True).hidden_states for w in ids]
     for handle in handles:
         handle.remove()
-    inputs = capture_block_inputs(model, blocks, ids)
-    for index, block in enumerate(blocks):
-        inputs.hidden_states = run_block(block, inputs, index)
-        for sample, replayed in enumerate(inputs.hidden_states):
-            torch.testing.assert_close(replayed, outputs[index][sample], rtol=0, atol=1e-5)
-            if index < len(blocks) - 1:
-                torch.testing.assert_close(replayed, hidden[sample][index + 1], rtol=0, atol=1e-5)
+    for batch_size in (1, 2):
+        inputs = capture_block_inputs(model, blocks, ids, batch_size=batch_size)
+        assert inputs.batch_size == batch_size
+        for index, block in enumerate(blocks):
+            inputs.hidden_states = run_block(block, inputs, index)
+            assert len(inputs.hidden_states) == len(ids)
+            for sample, replayed in enumerate(inputs.hidden_states):
+                torch.testing.assert_close(replayed, outputs[index][sample], rtol=0, atol=1e-5)
+                if index < len(blocks) - 1:
+                    torch.testing.assert_close(replayed, hidden[sample][index + 1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gemma3", "mixtral"])
+def test_capture_computes_no_block_beyond_one_structure_probe(family):
+    """Capture records arguments only: of all block forwards, one (block 0 on window 0) runs for real, to learn
+    the output structure the model expects; the blocks are then restored."""
+    model = build(family)
+    _, blocks = find_blocks(model)
+    calls = []
+    handles = [module.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+               for i, block in enumerate(blocks) for module in block.children()]
+    inputs = capture_block_inputs(model, blocks, windows(3))
+    assert set(calls) == {0} and len(inputs) == 3 and all(len(s.extra_index) == 3 for s in inputs.per_block)
+    calls.clear()
+    with torch.no_grad():
+        model(windows(1), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    assert set(calls) == set(range(len(blocks)))  # the real forwards are back
 
 
 def test_sliding_and_full_layers_are_replayed_with_their_own_masks():
@@ -195,7 +218,7 @@ def test_per_expert_statistics_come_from_exactly_the_routed_tokens(family):
     sums, reference_hessians = reference_expert_statistics(model, index, ids)
     assert set(sums) == {name for name, s in norms.items() if s.sums is not None}
     for name, value in sums.items():
-        torch.testing.assert_close(norms[name].sums, value.float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(norms[name].sums.float(), value.float(), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(hessians[name].hessian, reference_hessians[name].float(), rtol=1e-4, atol=1e-5)
 
 

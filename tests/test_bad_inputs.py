@@ -71,7 +71,7 @@ CONFIG_CASES = [
     ({"epsilon": -0.1}, ["epsilon must be in [0, 1)", "got -0.1", "paper default 0.3"]),
     ({"epsilon": 1.0}, ["epsilon must be in [0, 1)", "1 ± ε must stay positive"]),
     ({"method": "obs"}, ["Unknown method 'obs'", "alps, magnitude, sparsegpt, wanda"]),
-    ({"allocation": "global"}, ["Unknown allocation 'global'", "alpha, owl, uniform"]),
+    ({"allocation": "global"}, ["Unknown allocation 'global'", "alpha, atp, dlp, owl, uniform"]),
     ({"metric": "alpha"}, ["Unknown metric 'alpha'", "alpha_hill"]),
     ({"nm": "4:4"}, ["'4:4' needs 0 < N < M", "e.g. '2:4'"]),
     ({"nm": "6:4"}, ["'6:4' needs 0 < N < M"]),

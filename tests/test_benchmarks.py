@@ -134,6 +134,25 @@ def test_speed_esd_table_compares_fast_and_naive(factory):
     assert ratios[0].startswith("ratio") and all(cell.endswith("x") for cell in ratios[1:4])
 
 
+def test_speed_farms_table_times_both_estimators(factory):
+    text = speed.main(["--part", "farms", "--repeats", "1"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["full ESD (fix-finger peak)", "FARMS 100 x 200, 10 x 10 windows (xmin mid)",
+                                    "ratio (FARMS / full)"]
+    assert all(float(v) >= 0 for v in rows[0][1:4] + rows[1][1:4])
+    assert all(cell.endswith("x") for cell in rows[2][1:4])
+    assert float(rows[1][4]) > float(rows[0][4])  # pooled windows: more eigenvalues than one tiny matrix
+    assert "mean shift by matrix shape" in text
+
+
+def test_speed_reconstruct_table_lowers_one_blocks_error(factory):
+    text = speed.main(["--part", "reconstruct", "--block", "1", "--nsamples", "2", "--seqlen", "32",
+                       "--methods", "magnitude", "wanda"], model_factory=factory)
+    rows = table_rows(text)
+    assert [r[0] for r in rows] == ["magnitude", "wanda"]
+    assert all(float(r[4]) < float(r[3]) and float(r[5]) < 1 for r in rows)
+
+
 def test_naive_hill_matches_library_fit_on_a_random_matrix():
     from optimum_alpha.esd import hill_fit, matrix_eigenvalues
 

@@ -286,7 +286,7 @@ def test_failed_save_leaves_existing_folder_untouched(tmp_path, monkeypatch):
 
 
 def test_failed_first_save_creates_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(save_module, "compress_folder", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("optimum_alpha.checkpoint.writers.sparse.compress_folder", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         save_pruned(tiny_model(), tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
@@ -313,7 +313,7 @@ def test_bad_targets_and_arguments_raise_checkpoint_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match="is a file"):
         save_pruned(model, tmp_path / "file")
-    with pytest.raises(CheckpointError, match="dense, sparse"):
+    with pytest.raises(CheckpointError, match="dense, gguf, sparse"):
         save_pruned(model, tmp_path / "x", format="zip")
     with pytest.raises(CheckpointError, match="JSON-serialisable"):
         save_pruned(model, tmp_path / "x", metadata={"alpha": torch.tensor(1.0)})

@@ -84,3 +84,44 @@ def test_atp_hits_the_budget_exactly_rises_with_depth_and_respects_the_cap(beta)
 def test_atp_refuses_bad_beta():
     with pytest.raises(ConfigError, match="atp_beta"):
         atp_allocation([1, 1], 0.5, -0.1)
+
+
+def _block_targets(report):
+    return [b.target_sparsity for b in report.blocks]
+
+
+def test_dlp_and_atp_prune_a_tiny_model_to_the_exact_budget(tiny_llama, tiny_tokenizer):
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+
+    dense = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    pruner = AlphaPruner.from_pretrained(tiny_llama, tokenizer=tiny_tokenizer, show_progress=False)
+    common = dict(sparsity=0.6, method="wanda", nsamples=4, seqlen=64)
+    _, dlp = pruner.prune(AlphaPruningConfig(allocation="dlp", **common), show_progress=False)
+    assert dlp.target_sparsity == pytest.approx(0.6, abs=1e-9)
+    assert dlp.total_sparsity == pytest.approx(0.6, abs=2e-3)
+    assert len(set(_block_targets(dlp))) == len(dlp.blocks)  # not uniform
+    tiny_llama.load_state_dict(dense)
+    _, atp = pruner.prune(AlphaPruningConfig(allocation="atp", atp_beta=0.05, **common), show_progress=False)
+    assert _block_targets(atp) == pytest.approx([0.55, 0.6, 0.65], abs=1e-9)
+
+
+def test_atp_auto_searches_beta_on_heldout_windows(tiny_llama, tiny_tokenizer):
+    from optimum_alpha import AlphaPruner, AlphaPruningConfig
+
+    pruner = AlphaPruner.from_pretrained(tiny_llama, tokenizer=tiny_tokenizer, show_progress=False)
+    config = AlphaPruningConfig(sparsity=0.6, method="magnitude", allocation="atp", atp_beta_grid=(0.0, 0.1),
+                                nsamples=4, seqlen=32, heldout=2)
+    _, report = pruner.prune(config, show_progress=False)
+    search = report.epsilon_search
+    assert search["parameter"] == "atp_beta" and search["grid"] == [0.0, 0.1]
+    assert search["chosen"] in (0.0, 0.1) and len(search["heldout_perplexity"]) == 2
+    best = search["grid"][min(range(2), key=search["heldout_perplexity"].__getitem__)]
+    assert search["chosen"] == best
+    assert report.config["atp_beta"] == "auto"
+    steps = [b - a for a, b in zip(_block_targets(report), _block_targets(report)[1:])]
+    assert steps == pytest.approx([best] * 2, abs=1e-9)
+    from optimum_alpha.checkpoint.model_card import _calibration_rows
+
+    assert _calibration_rows({}, search)[0].startswith("| ATP β (auto) |")
+    with pytest.raises(ConfigError, match="atp_beta='auto' is chosen by prune"):
+        pruner.allocate(AlphaPruningConfig(sparsity=0.5, allocation="atp"))

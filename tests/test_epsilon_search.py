@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import optimum_alpha.data as data_module
-import optimum_alpha.evaluate as evaluate_module
+import optimum_alpha.evaluation.perplexity as evaluate_module
 from optimum_alpha import AlphaPruner, AlphaPruningConfig
 from optimum_alpha.checkpoint.model_card import build_model_card
 from optimum_alpha.commands import prune as prune_cmd

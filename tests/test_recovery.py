@@ -25,7 +25,7 @@ from optimum_alpha.matrices import find_routers, model_weights
 from optimum_alpha.model_utils import find_blocks
 from optimum_alpha.recovery import RecoveryConfig, RecoveryInterrupted, recover, recover_model
 from optimum_alpha.recovery.data import recovery_windows
-from optimum_alpha.recovery.losses import kd_loss
+from optimum_alpha.recovery.losses import hidden_mse, kd_loss
 from optimum_alpha.recovery.masks import SparsityMasks
 from optimum_alpha.recovery.trainer import RecoveryTrainer, build_trainer
 
@@ -180,6 +180,22 @@ def test_kd_of_a_model_with_itself_is_zero(tiny_tokenizer, temperature):
     assert kd_loss(logits, logits.clone(), temperature).item() == 0.0
 
 
+def test_mix_and_hidden_state_terms(tiny_tokenizer):
+    model, other = make_tiny_model("llama"), make_tiny_model("llama", seed=1)
+    ids = torch.randint(0, 320, (2, 16))
+
+    def loss(**options):
+        config = RecoveryConfig(steps=1, **FAST, **options)
+        trainer, _, _ = build_trainer(other, model, [], config, "unused", SparsityMasks(), False)
+        return trainer.compute_loss(other, {"input_ids": ids}).item()
+
+    kd, lm = loss(objective="kd"), loss(objective="lm")
+    assert loss(objective="mix", kd_weight=0.25) == pytest.approx(0.25 * kd + 0.75 * lm, rel=1e-5)
+    assert loss(objective="kd", hidden_mse_weight=2.0) > kd
+    outputs = model(ids, output_hidden_states=True).hidden_states
+    assert hidden_mse(outputs, [h.clone() for h in outputs]).item() == 0.0
+
+
 def test_recovery_data_leaves_out_the_calibration_documents(tiny_tokenizer):
     sample = sample_calibration(tiny_tokenizer, "c4", 8, 64, seed=3)
     calibration = {"seqlen": 64, "seed": 3, **sample.describe()}
@@ -232,14 +248,16 @@ def test_bad_inputs_fail_in_one_line_before_training(tiny_tokenizer, monkeypatch
         recover_model(student, tiny_tokenizer, RecoveryConfig(dataset=str(tmp_path / "missing.jsonl"), **FAST),
                       teacher=teacher, record=record)
     cases.append((err, "missing.jsonl"))
+    with pytest.raises(CalibrationDataError) as err:  # offline: a Hub id that cannot load
+        recover_model(student, tiny_tokenizer, RecoveryConfig(dataset="nobody/no-such-dataset", **FAST),
+                      teacher=teacher, record=record)
+    cases.append((err, "nobody/no-such-dataset"))
     for err, words in cases:
         assert words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_folder_round_trip_records_the_recovery(tiny_tokenizer, tmp_path):
     teacher, student, record = pruned(make_tiny_model("llama"), tiny_tokenizer, nm="2:4")
-    pruner = AlphaPruner(student, tiny_tokenizer)
-    pruner.last_report = None
     from optimum_alpha.checkpoint import save_pruned
 
     save_pruned(student, tmp_path / "pruned", tokenizer=tiny_tokenizer, metadata=record)
@@ -307,3 +325,44 @@ def test_recovery_benchmark_runs_on_tiny_folders(tiny_tokenizer, tmp_path):
     assert rows[0]["sparsity_after"] == rows[0]["sparsity_before"] > 0.45
     assert [s for s, _ in rows[0]["curve"]] == [0, 1, 2] and len(rows[1]["curve"]) == 2
     assert "| tiny | kd-full | 64 |" in text and "perplexity against training tokens" in text
+
+
+def test_width_folder_with_per_block_widths_round_trips(tiny_tokenizer, tmp_path):
+    model = make_tiny_model("llama", layers=3)
+    teacher = copy.deepcopy(model)
+    pruner = AlphaPruner(model, tiny_tokenizer)
+    pruner.prune(AlphaPruningConfig(structure="width", sparsity=0.3, allocation="alpha", nsamples=4, seqlen=32),
+                 show_progress=False)
+    pruner.save_pretrained(tmp_path / "width", format="dense")
+    widths = json.loads((tmp_path / "width" / "config.json").read_text()).get("alpha_block_widths")
+    assert widths and len({json.dumps(w) for w in widths}) > 1  # blocks of different widths
+    shapes = {n: p.shape for n, p in load_pruned(tmp_path / "width").named_parameters()}
+    recover(tmp_path / "width", teacher=teacher, config=RecoveryConfig(steps=1, **FAST), output=tmp_path / "out",
+            show_progress=False)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config.get("alpha_block_widths") == widths
+    assert {n: p.shape for n, p in load_pruned(tmp_path / "out").named_parameters()} == shapes
+
+
+def test_recovery_options_are_the_config_fields_and_the_recover_flags():
+    import argparse
+    from dataclasses import fields
+
+    from optimum_alpha import options
+    from optimum_alpha.commands import recover as recover_cmd
+    from optimum_alpha.commands.cli import build_parser
+
+    assert {f.name for f in fields(RecoveryConfig)} == set(options.RECOVERY_BY_NAME)
+    defaults = RecoveryConfig()
+    assert all(getattr(defaults, o.name) == o.default for o in options.RECOVERY_OPTIONS)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["recover"]
+    flags = {a.dest: a.option_strings for a in sub._actions}
+    assert all(o.cli_flag in flags[o.name] for o in options.RECOVERY_OPTIONS)
+    args = parser.parse_args(["recover", "f", "--output", "o", "--lr", "0.001", "--grad-accum", "4", "--no-eval",
+                              "--method", "lora", "--lora-targets", "q_proj,v_proj", "--resume"])
+    config = recover_cmd.config_from_args(args)
+    assert (config.learning_rate, config.gradient_accumulation, config.evaluate, config.lora_targets,
+            config.resume, config.steps) == (0.001, 4, False, ["q_proj", "v_proj"], True, 200)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "recovery.md").read_text()
+    assert options.markdown_table(options.RECOVERY_OPTIONS) in docs, "python -m optimum_alpha.options recovery"

@@ -4,7 +4,15 @@ Add one by writing ``optimum_alpha/allocations/<name>.py`` with a class decorate
 ``@register_allocation("<name>")`` (see :mod:`.base` for the contract); nothing else lists it.
 """
 
-from .base import Allocated, Allocation, AllocationInputs, allocation_names, get_allocation, register_allocation
+from .base import (
+    Allocated,
+    Allocation,
+    AllocationInputs,
+    allocation_classes,
+    allocation_names,
+    get_allocation,
+    register_allocation,
+)
 
-__all__ = ["Allocated", "Allocation", "AllocationInputs", "allocation_names", "get_allocation",
+__all__ = ["Allocated", "Allocation", "AllocationInputs", "allocation_classes", "allocation_names", "get_allocation",
            "register_allocation"]

@@ -11,6 +11,7 @@ from .base import Allocated, Allocation, AllocationInputs, register_allocation
 @register_allocation("alpha")
 class AlphaAllocation(Allocation):
     needs_esd = True
+    searched_option = ("epsilon", "epsilon_grid")
 
     @classmethod
     def score_name(cls, config: Any) -> str:

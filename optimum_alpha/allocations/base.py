@@ -55,6 +55,8 @@ class Allocation:
     needs_calibration: ClassVar[bool] = False
     needs_esd: ClassVar[bool] = False
     block_only: ClassVar[bool] = False
+    # (option, grid option) that "auto" searches on held-out windows (alpha's ε, ATP's β), or None
+    searched_option: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def score_name(cls, config: Any) -> str:
@@ -62,7 +64,12 @@ class Allocation:
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        """Validate the config fields this allocation reads (called when the config is made)."""
+        """Validate the values of the config fields this allocation reads. Called for every registered
+        allocation when a config is made, so a bad value fails early whichever allocation is chosen."""
+
+    @classmethod
+    def check_chosen(cls, config: Any) -> None:
+        """Refuse the settings this allocation cannot work with, once it is the chosen one."""
         if cls.block_only and config.granularity != "block":
             raise ConfigError(f"The {cls.name!r} allocation works per block; use granularity='block'.")
 
@@ -80,6 +87,11 @@ def register_allocation(name: str) -> Callable[[type[Allocation]], type[Allocati
         return cls
 
     return decorator
+
+
+def allocation_classes() -> tuple[type[Allocation], ...]:
+    import_plugins(PACKAGE, DECORATOR)
+    return tuple(_ALLOCATIONS[name] for name in sorted(_ALLOCATIONS))
 
 
 def allocation_names() -> tuple[str, ...]:

@@ -19,7 +19,6 @@ class OWLAllocation(Allocation):
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        super().check_config(config)
         check_owl_threshold(float(config.owl_threshold))
         check_owl_lambda(float(config.owl_lambda))
 

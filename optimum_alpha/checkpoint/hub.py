@@ -84,8 +84,19 @@ def push_folder_to_hub(
     """Create ``repo_id`` if needed and upload ``folder`` as one commit; returns the repo URL.
 
     ``api`` is an ``HfApi`` (or a stand-in with the same two methods); by default one is built with
-    ``token``. Errors from the Hub become :class:`CheckpointError` with the fix in the message.
+    ``token``. Errors from the Hub become :class:`CheckpointError` with the fix in the message. Under
+    torchrun only rank 0 pushes; the other ranks wait for it and share its failure.
     """
+    from ..distributed import current as current_parallel
+
+    url = current_parallel().on_main(
+        lambda: _push_here(folder, repo_id, private=private, token=token, commit_message=commit_message, api=api),
+        f"pushing to {repo_id}")
+    return url if url is not None else f"https://huggingface.co/{repo_id}"
+
+
+def _push_here(folder: str | os.PathLike, repo_id: str, *, private: bool | None, token: str | None,
+               commit_message: str | None, api: Any) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 

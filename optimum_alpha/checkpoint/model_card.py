@@ -66,7 +66,8 @@ def _calibration_rows(calibration: dict[str, Any], search: dict[str, Any]) -> li
     if search:
         sweep = ", ".join(f"{e:g}: {_fmt(p, 2)}" for e, p in zip(search.get("grid", []),
                                                                  search.get("heldout_perplexity", [])))
-        rows.append(f"| ε (auto) | {search.get('chosen')}, lowest held-out perplexity on "
+        label = "ATP β (auto)" if search.get("parameter") == "atp_beta" else "ε (auto)"
+        rows.append(f"| {label} | {search.get('chosen')}, lowest held-out perplexity on "
                     f"{search.get('heldout_windows')} windows of {search.get('heldout_source')} ({sweep}) |")
     return rows
 
@@ -99,6 +100,39 @@ def _perplexity_row(perplexity: dict[str, Any]) -> str | None:
         protocol += f", {perplexity['windows']} windows x {perplexity['seqlen']} tokens"
     return (f"| perplexity ({protocol}) | dense {_fmt(perplexity.get('dense'), 2)} -> "
             f"pruned {_fmt(perplexity.get('pruned'), 2)} |")
+
+
+def _evaluation_rows(evaluation: dict[str, Any]) -> list[str]:
+    """Rows for the KL divergence to the dense model and the block spectra after pruning, when measured."""
+    rows = []
+    kl = evaluation.get("kl") or {}
+    if kl.get("kl_mean") is not None:
+        rows.append(f"| KL divergence to the dense model ({kl.get('dataset')}, {kl.get('windows')} windows x "
+                    f"{kl.get('seqlen')} tokens) | mean {_fmt(kl['kl_mean'])}, median {_fmt(kl.get('kl_median'))}, "
+                    f"p99 {_fmt(kl.get('kl_p99'))} nats/token; top-1 agreement {_fmt(kl.get('top1_agreement'))} |")
+    spectra = evaluation.get("spectra") or {}
+    if spectra.get("mean_before") is not None:
+        rows.append(f"| mean block {spectra.get('metric')} | before pruning {_fmt(spectra['mean_before'], 3)}, "
+                    f"after {_fmt(spectra.get('mean_after'), 3)} |")
+    return rows
+
+
+def _zero_shot_section(zero_shot: dict[str, Any]) -> list[str]:
+    """The lm-eval results table, with the harness version, task versions, shots and document limit."""
+    tasks = zero_shot.get("tasks") or {}
+    if not tasks:
+        return []
+    limit = zero_shot.get("limit")
+    lines = ["## Zero-shot accuracy", "",
+             f"Measured with lm-evaluation-harness {zero_shot.get('lm_eval_version', '?')} on the pruned model"
+             + (f", first {limit} documents per task" if limit is not None else ", whole test sets") + ".", "",
+             "| task | version | shots | documents | acc | acc_norm |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, entry in tasks.items():
+        lines.append(f"| {name} | {entry.get('version')} | {entry.get('num_fewshot')} | {entry.get('samples')} "
+                     f"| {_fmt(entry.get('acc'))} | {_fmt(entry.get('acc_norm'))} |")
+    if len(tasks) > 1:
+        lines.append(f"| mean | | | | {_fmt(zero_shot.get('mean_accuracy'))} | |")
+    return lines + [""]
 
 
 def _recovery_rows(recovery: dict[str, Any]) -> list[str]:
@@ -169,11 +203,14 @@ def build_model_card(
     perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
     if perplexity_row:
         lines.append(perplexity_row)
+    evaluation = metadata.get("evaluation") or {}
+    lines += _evaluation_rows(evaluation)
     lines += _recovery_rows(metadata.get("recovery") or {})
     pinned = metadata.get("pinned_blocks") or []
     if pinned:
         lines.append(f"| blocks pinned at the sparsity cap | {', '.join(str(i) for i in pinned)} |")
     lines += ["", "## How to load", "", _load_section(fmt, repo_hint)]
+    lines += _zero_shot_section(evaluation.get("zero_shot") or {})
     blocks = metadata.get("blocks") or []
     score = str(metadata.get("score_name") or "score").replace("_", " ") if allocation != "alpha" else metric
     if blocks:
@@ -188,6 +225,7 @@ def build_model_card(
         "layer, calibration details and library version.",
     ]
     if chart_file:
-        lines.append(f"- `{chart_file}`: chart of block {metric} and sparsity.")
+        after = " before and after pruning" if (evaluation.get("spectra") or {}).get("after") else ""
+        lines.append(f"- `{chart_file}`: chart of block {metric}{after} and sparsity.")
     body = "\n".join(lines) + "\n"
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")

@@ -71,10 +71,11 @@ def check_shard_size(max_shard_size: str | int) -> int:
 
 def check_save_request(
     save_dir: str | os.PathLike, *, format: str = "sparse", max_shard_size: str | int = "5GB",
-    overwrite: bool | str = False
+    overwrite: bool | str = False, **writer_options: Any
 ) -> Path:
     """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target."""
-    get_writer(format)  # an unknown format fails here, listing the registered ones
+    # an unknown format fails here, listing the registered ones; so do options the format does not take
+    get_writer(format, **writer_options).check_request()
     check_shard_size(max_shard_size)
     target = Path(save_dir).expanduser().resolve()
     check_save_target(target, overwrite_mode(overwrite))
@@ -148,8 +149,15 @@ def _complete_metadata(model: nn.Module, metadata: dict[str, Any] | None, fmt: s
 
 
 def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
+    """Block score and sparsity by depth; with the spectra re-measured after pruning (``evaluation.spectra``),
+    the metric before and after instead of the allocation's score."""
     blocks = data.get("blocks") or []
-    scores = [b.get("score") for b in blocks]
+    spectra = (data.get("evaluation") or {}).get("spectra") or {}
+    if spectra.get("before") and len(spectra["before"]) == len(blocks):
+        scores, after, metric = spectra["before"], spectra.get("after"), str(spectra.get("metric"))
+    else:
+        scores, after = [b.get("score") for b in blocks], None
+        metric = str(data.get("metric") or "alpha_hill")
     if not blocks or any(not isinstance(s, (int, float)) for s in scores):
         return None
     from ..plotting import plot_block_profile
@@ -157,8 +165,7 @@ def _write_chart(folder: Path, data: dict[str, Any]) -> str | None:
     sparsities = [b.get("achieved_sparsity", b.get("target_sparsity")) for b in blocks]
     if any(not isinstance(s, (int, float)) for s in sparsities):
         sparsities = None
-    metric = str(data.get("metric") or "alpha_hill")
-    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=metric)
+    plot_block_profile(scores, sparsities, folder / CHART_FILE, metric_name=metric, after_scores=after)
     return CHART_FILE
 
 
@@ -170,10 +177,12 @@ def _write_folder(
     fmt: str,
     max_shard_size: str | int,
     metadata: dict | None,
+    writer_options: dict[str, Any],
 ) -> None:
     """Write every file of the checkpoint into ``folder`` (the staging folder)."""
     data = _complete_metadata(model, metadata, fmt)
-    get_writer(fmt).write(model, folder, max_shard_size=max_shard_size, data=data)
+    writer = get_writer(fmt, **writer_options)
+    writer.write(model, folder, max_shard_size=max_shard_size, data=data, tokenizer=tokenizer)
     card_format = "width" if add_width_quantization_config(folder, data["library_version"]) else fmt
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -194,14 +203,27 @@ def save_pruned(
     max_shard_size: str | int = "5GB",
     overwrite: bool | str = False,
     metadata: dict | None = None,
+    **writer_options: Any,
 ) -> Path:
     """Save a pruned model as a Hugging Face folder in a registered format (``dense`` zeros-in-place,
-    ``sparse`` bitmask...; see :mod:`.writers`).
+    ``sparse`` bitmask, ``gguf`` for llama.cpp...; see :mod:`.writers`); ``writer_options`` are the
+    format's own (``gguf_type=`` of ``gguf``).
 
     Also writes the tokenizer, ``alpha_pruning.json``, a block-profile chart and a model card.
     ``overwrite=True`` replaces a checkpoint written by optimum-alpha, ``"force"`` any folder; files
-    the old checkpoint did not write are kept in both cases. Returns the folder path.
+    the old checkpoint did not write are kept in both cases. Returns the folder path. Under torchrun only
+    rank 0 writes; the other ranks wait for it, share its failure and get the path it was given.
     """
+    from ..distributed import current as current_parallel
+
+    kwargs = dict(tokenizer=tokenizer, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
+                  metadata=metadata)
+    written = current_parallel().on_main(lambda: _save_here(model, save_dir, **kwargs), f"saving {save_dir}")
+    return written if written is not None else Path(save_dir)
+
+
+def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any, format: str,
+               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise CheckpointError(
             f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"
@@ -213,14 +235,16 @@ def save_pruned(
             raise CheckpointError(
                 f"metadata must be JSON-serialisable ({error}); convert tensors to floats"
             ) from error
-    target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite)
+    target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
+                                **writer_options)
     with sigterm_as_interrupt():
         staging: Path | None = None
         try:
             with hold_interrupts():  # a signal between mkdir and the assignment would orphan the folder
                 staging = make_staging(target)
             _write_folder(
-                model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata
+                model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata,
+                writer_options=writer_options,
             )
             put_in_place(staging, target, overwrite)
         except BaseException as error:

@@ -23,7 +23,8 @@ DESCRIPTION = (
     "Compute the empirical spectral density (ESD) of every prunable matrix inside the transformer blocks,\n"
     "fit a power law to its tail (alpha_hill and other metrics), and print the per-block means.\n"
     "With --output, also write esd.json, the block profile plot and ESD fit plots of selected matrices.\n"
-    "With --sparsity, also print the AlphaPruning allocation that 'prune --allocation alpha' would make.\n\n"
+    "With --sparsity, also print the AlphaPruning allocation that 'prune --allocation alpha' would make.\n"
+    "On a folder pruned by optimum-alpha, also shows the metrics it recorded before pruning beside today's.\n\n"
     "example:\n  optimum-cli alpha-prune analyze smollm2-135m --sparsity 0.7 --output outputs/smollm2-esd"
 )
 DEFAULT_EPSILON = default("epsilon")
@@ -86,14 +87,19 @@ def _selected_matrices(matrices: list, metric: str, count: int) -> list:
 
 
 def _write_plots(
-    model, report, metric: str, sparsities: list[float] | None, output: Path, count: int
+    model, report, metric: str, sparsities: list[float] | None, output: Path, count: int,
+    before: list[dict[str, float]] | None = None,
 ) -> list[Path]:
     from ..esd import matrix_eigenvalues
     from ..matrices import model_weights
     from ..plotting import plot_block_profile, plot_esd_fit
 
     scores = [block.metrics[metric] for block in report.blocks]
-    written = [plot_block_profile(scores, sparsities, output / f"block_{metric}.png", metric_name=metric)]
+    if before:  # a pruned folder: its recorded metric before pruning, and the one measured now
+        written = [plot_block_profile([b[metric] for b in before], sparsities, output / f"block_{metric}.png",
+                                      metric_name=metric, after_scores=scores)]
+    else:
+        written = [plot_block_profile(scores, sparsities, output / f"block_{metric}.png", metric_name=metric)]
     prunable = {m.name: m for block in model_weights(model)[1] for m in block.matrices}
     for matrix in _selected_matrices(report.matrices, metric, count):
         eigenvalues = matrix_eigenvalues(prunable[matrix.name].read())
@@ -102,6 +108,18 @@ def _write_plots(
         path = output / f"esd_{matrix.name}.png"
         written.append(plot_esd_fit(eigenvalues, matrix.xmin, alpha, path, title))
     return written
+
+
+def metrics_before_pruning(model: str, blocks: int) -> list[dict[str, float]] | None:
+    """Per-block metrics a pruned folder recorded before it was pruned (``esd_blocks`` of its
+    alpha_pruning.json), or None for a model that was not pruned here or whose analysis did not run."""
+    from ..checkpoint.target import METADATA_FILE
+
+    path = Path(model).expanduser() / METADATA_FILE
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text()).get("esd_blocks") or []
+    return recorded if len(recorded) == blocks else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,13 +150,21 @@ def run(args: argparse.Namespace) -> int:
         scores, counts = report.scores(primary)
         sparsities = alpha_allocation(scores, counts, args.sparsity, epsilon=args.epsilon)
 
-    headers = ["block", "params", *metrics] + (["sparsity"] if sparsities else [])
+    before = metrics_before_pruning(args.model, len(report.blocks))
+    before = before if before and all(primary in b for b in before) else None
+    headers = ["block", "params", *metrics] + (["sparsity"] if sparsities else []) + \
+        ([f"{primary} before pruning"] if before else [])
     rows = [
         [b.index, b.num_params, *(b.metrics[m] for m in metrics)] + ([sparsities[i]] if sparsities else [])
+        + ([before[i][primary]] if before else [])
         for i, b in enumerate(report.blocks)
     ]
     print(f"ESD analysis of {args.model}: {len(report.matrices)} matrices in {len(report.blocks)} blocks")
     print(format_table(headers, rows))
+    if before:
+        now = [b.metrics[primary] for b in report.blocks]
+        print(f"mean block {primary}: before pruning {sum(b[primary] for b in before) / len(before):.4f} "
+              f"(recorded in {args.model}), now {sum(now) / len(now):.4f}")
     if sparsities:
         params = [b.num_params for b in report.blocks]
         total = sum(s * p for s, p in zip(sparsities, params)) / sum(params)
@@ -148,17 +174,29 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if args.output is not None:
-        with stages.stage(f"Writing {args.output}"):
-            args.output.mkdir(parents=True, exist_ok=True)
-            report.to_json(args.output / "esd.json")
-            if sparsities:
-                allocation = {
-                    "sparsity": args.sparsity,
-                    "epsilon": args.epsilon,
-                    "metric": primary,
-                    "block_sparsities": sparsities,
-                }
-                (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
-            plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots)
-        print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")
+        from ..distributed import current as current_parallel
+
+        current_parallel().on_main(lambda: _write_outputs(args, model, report, primary, sparsities, before, stages),
+                                   f"writing {args.output} on rank 0")
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, model, report, primary: str, sparsities, before,
+                   stages: Stages) -> None:
+    """esd.json, allocation.json and the plots (rank 0 only under torchrun)."""
+    with stages.stage(f"Writing {args.output}"):
+        args.output.mkdir(parents=True, exist_ok=True)
+        data = report.to_dict()
+        if before:  # the pruned folder's own record of its blocks before pruning, beside the analysis now
+            data["blocks_before_pruning"] = before
+        (args.output / "esd.json").write_text(json.dumps(data, indent=2))
+        if sparsities:
+            allocation = {
+                "sparsity": args.sparsity,
+                "epsilon": args.epsilon,
+                "metric": primary,
+                "block_sparsities": sparsities,
+            }
+            (args.output / "allocation.json").write_text(json.dumps(allocation, indent=2))
+        plots = _write_plots(model, report, primary, sparsities, args.output, args.esd_plots, before)
+    print(f"wrote {args.output / 'esd.json'} and {len(plots)} plot(s) to {args.output}")

@@ -16,11 +16,11 @@ from typing import NoReturn, Sequence
 
 from ..interrupts import INTERRUPTED_EXIT_CODE
 from ..options import pruner_names
-from . import analyze, evaluate, prune, push, recover
+from . import analyze, evaluate, export, prune, push, recover
 from .common import USAGE_ERROR, add_verbosity_arguments, fail
 
 INTERRUPTED = INTERRUPTED_EXIT_CODE
-SUBCOMMANDS = (analyze, prune, evaluate, push, recover)
+SUBCOMMANDS = (analyze, prune, evaluate, push, recover, export)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -104,12 +104,18 @@ def run_command(args: argparse.Namespace) -> int:
 
     with exit_on_interrupt_while_starting():  # seconds of torch/transformers imports: Ctrl-C = exit 130 at once
         from .. import pruner  # noqa: F401  (the import every command but --help pays; --help never gets here)
+    from .. import distributed
+
     try:
+        if distributed.quiet_other_ranks():  # under torchrun: makes the process group; rank 0 prints
+            args.quiet = True  # no stage headers either
         return int(args.handler(args) or 0)
     except AlphaPruningError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted", code=INTERRUPTED)
+    finally:
+        distributed.shutdown()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "optimum-alpha") -> int:

@@ -20,6 +20,14 @@ GROUP_TITLES = {
     "solver": "layer solvers (sparsegpt, alps)",
     "width": "width pruning (--structure width)",
 }
+RECOVERY_GROUP_TITLES = {
+    "objective": "objective",
+    "training": "training",
+    "lora": "LoRA (--method lora)",
+    "data": "training data",
+    "checkpoints": "checkpoints and resume",
+    "evaluation": "evaluation",
+}
 
 
 def epsilon_value(text: str) -> float | str:
@@ -66,21 +74,23 @@ def add_option_flag(group: argparse._ActionsContainer, option: Option) -> None:
     group.add_argument(flag, help=help_text, **kwargs)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None) -> None:
-    """Every option's flag, in argument groups (``groups`` limits which)."""
-    for name, title in GROUP_TITLES.items():
+def add_config_flags(parser: argparse.ArgumentParser, groups: tuple[str, ...] | None = None,
+                     options: tuple[Option, ...] = OPTIONS, titles: dict[str, str] | None = None) -> None:
+    """Every option's flag, in argument groups (``groups`` limits which); ``options``/``titles`` name another
+    option list (``RECOVERY_OPTIONS`` with ``RECOVERY_GROUP_TITLES`` for ``recover``)."""
+    for name, title in (titles or GROUP_TITLES).items():
         if groups is not None and name not in groups:
             continue
         group = parser.add_argument_group(title)
-        for option in OPTIONS:
+        for option in options:
             if option.group == name:
                 add_option_flag(group, option)
 
 
-def given_values(args: argparse.Namespace) -> dict[str, Any]:
+def given_values(args: argparse.Namespace, options: tuple[Option, ...] = OPTIONS) -> dict[str, Any]:
     """The config fields the user set with a flag."""
     values = {}
-    for option in OPTIONS:
+    for option in options:
         value = getattr(args, option.name, None)
         if option.cli_flag is not None and value is not None:
             values[option.name] = list(value) if option.kind == "floats" else value

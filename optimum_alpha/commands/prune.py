@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import format_names
+from .evaluate import add_zero_shot_arguments, print_zero_shot
 from .common import (
     Stages,
     add_eval_arguments,
@@ -63,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(plain safetensors any transformers loads), or another registered writer",
     )
     parser.add_argument(
+        "--gguf-type",
+        default="q8_0",
+        metavar="TYPE",
+        help="with --format gguf: f16, bf16, q8_0, q5_0, q4_0 or auto:B (bits per weight chosen from the spectra)",
+    )
+    parser.add_argument(
         "--max-shard-size",
         default="5GB",
         metavar="SIZE",
@@ -74,8 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "before the model is loaded)",
     )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
-    parser.add_argument("--eval", action="store_true", help="measure perplexity before and after pruning")
+    parser.add_argument("--eval", action="store_true",
+                        help="measure perplexity before and after pruning, KL divergence of the pruned to the dense "
+                        "model on the same windows, and the block spectra (alpha) after pruning")
     add_eval_arguments(parser)
+    add_zero_shot_arguments(parser)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -129,7 +139,22 @@ def _perplexity(pruner, args: argparse.Namespace) -> float:
                       max_windows=args.max_windows, show_progress=not args.quiet)
 
 
-def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: float, memory: dict) -> None:
+def print_evaluation(evaluation: dict[str, Any]) -> None:
+    """KL divergence to the dense model and the mean block metric before/after, when measured."""
+    kl = evaluation.get("kl")
+    if kl:
+        print(f"KL divergence to the dense model: mean {kl['kl_mean']:.6f}, median {kl['kl_median']:.6f}, "
+              f"p99 {kl['kl_p99']:.6f} nats/token; top-1 agreement {kl['top1_agreement']:.4f}")
+    elif evaluation.get("kl_skipped"):
+        print(f"KL divergence not measured: {evaluation['kl_skipped']}")
+    spectra = evaluation.get("spectra")
+    if spectra:
+        print(f"mean block {spectra['metric']}: before pruning {spectra['mean_before']:.4f}, "
+              f"after {spectra['mean_after']:.4f}")
+
+
+def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: float, memory: dict,
+                  evaluation: dict[str, Any] | None = None) -> None:
     """Per-block table and totals on stdout: the result a user reads after the progress bars."""
     score_name = report.score_name
     rows = [[b.index, b.score, b.target_sparsity, b.achieved_sparsity] for b in report.blocks]
@@ -164,11 +189,13 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
     if report.epsilon_search:
         search = report.epsilon_search
         sweep = ", ".join(f"{e:g} -> {p:.2f}" for e, p in zip(search["grid"], search["heldout_perplexity"]))
-        print(f"epsilon auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
+        name = "atp beta" if search.get("parameter") == "atp_beta" else "epsilon"
+        print(f"{name} auto: chose {search['chosen']:g} (held-out perplexity {sweep})")
     if ppl:
         before, after = ppl["dense"], ppl["pruned"]
         print(f"perplexity ({ppl['dataset']}, {ppl['windows']} windows x {ppl['seqlen']} tokens): "
               f"before {before:.3f}, after {after:.3f} ({after / before:.2f}x)")
+    print_evaluation(evaluation or {})
     print(f"time: {elapsed:.1f} s, peak memory: {format_memory(memory)}")
     print(f"saved to: {output}")
 
@@ -181,7 +208,8 @@ def check_before_loading(args: argparse.Namespace):
 
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
-    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite)
+    check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite,
+                       **writer_options(args))
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -189,6 +217,10 @@ def check_before_loading(args: argparse.Namespace):
         load_texts(config.calibration_dataset)  # a wrong name or path fails now, not after loading the model
     if args.eval:
         load_texts(args.eval_dataset)
+    if args.tasks is not None:
+        from ..evaluation.zero_shot import prepare_tasks
+
+        args.prepared_tasks = prepare_tasks(args.tasks)  # extra installed, files readable, names registered
     if args.push_to_hub:
         from ..checkpoint.hub import check_push_target
 
@@ -210,34 +242,88 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
 
 
+def writer_options(args: argparse.Namespace) -> dict[str, str]:
+    """The save options of the chosen format (only ``gguf`` has one)."""
+    return {"gguf_type": args.gguf_type} if args.format == "gguf" else {}
+
+
+def _measure_dense(pruner, config, args: argparse.Namespace, ppl: dict[str, Any]):
+    """Before pruning: the ESD analysis (reused by the alpha allocation) and one pass over the evaluation
+    windows giving the dense perplexity and what the KL divergence needs afterwards (None when this model's
+    logits cannot be recomputed; the reason goes into ``pruner.evaluation``)."""
+    from ..errors import ConfigError
+    from ..evaluation.kl import DenseReference
+
+    pruner.analyze(fix_finger=config.fix_finger, show_progress=not args.quiet, block_score=config.block_score,
+                   config=config)
+    try:
+        dense = DenseReference.capture(pruner.model, pruner.tokenizer, args.eval_dataset, args.eval_seqlen,
+                                       args.max_windows, show_progress=not args.quiet)
+    except ConfigError as error:
+        pruner.evaluation["kl_skipped"] = str(error)
+        ppl["dense"] = _perplexity(pruner, args)
+        return None
+    ppl["dense"] = dense.perplexity
+    return dense
+
+
+def _measure_pruned(pruner, dense, args: argparse.Namespace, ppl: dict[str, Any], before) -> None:
+    """After pruning: perplexity and KL divergence on the same windows, and the block spectra again."""
+    from ..evaluation.spectra import spectra_after_pruning
+
+    if dense is not None:
+        kl = dense.compare(pruner.model, show_progress=not args.quiet)
+        ppl["pruned"] = kl.perplexity
+        pruner.evaluation["kl"] = kl.to_dict()
+    else:
+        ppl["pruned"] = _perplexity(pruner, args)
+    metric = pruner.last_report.config.get("metric") or "alpha_hill"
+    _, spectra = spectra_after_pruning(pruner.model, before, metric, show_progress=not args.quiet)
+    pruner.evaluation["spectra"] = spectra.to_dict()
+
+
 def run(args: argparse.Namespace) -> int:
     config, output, overwrite = check_before_loading(args)
     start = time.perf_counter()
-    stages = Stages(3 + 2 * bool(args.eval) + bool(args.push_to_hub), quiet=args.quiet)
+    prepared = getattr(args, "prepared_tasks", None)
+    stages = Stages(3 + 2 * bool(args.eval) + (prepared is not None) + bool(args.push_to_hub), quiet=args.quiet)
     show = not args.quiet
     with stages.stage(f"Loading {args.model}"):
         from ..pruner import AlphaPruner
 
         pruner = AlphaPruner.from_pretrained(args.model, show_progress=show, **load_kwargs(args))
     ppl: dict[str, Any] = {}
+    dense = before = None
     if args.eval:
         from ..evaluate import evaluation_protocol
 
         ppl.update(evaluation_protocol(pruner.model, pruner.tokenizer, args.eval_dataset, args.eval_seqlen,
                                        args.max_windows))
-        with stages.stage(f"Perplexity of the dense model ({ppl['dataset']}, {ppl['windows']} windows)"):
-            ppl["dense"] = _perplexity(pruner, args)
+        with stages.stage(f"Dense model: spectra and perplexity ({ppl['dataset']}, {ppl['windows']} windows)"):
+            dense = _measure_dense(pruner, config, args, ppl)
+            before = pruner.esd_report
         print(f"perplexity before pruning: {ppl['dense']:.3f}", flush=True)
     with stages.stage(f"Pruning to {run_label(config)}"):
         _, report = pruner.prune(config, show_progress=show)
     if args.eval:
-        with stages.stage("Perplexity of the pruned model"):
-            ppl["pruned"] = _perplexity(pruner, args)
+        with stages.stage("Pruned model: perplexity, KL divergence to the dense model, spectra"):
+            _measure_pruned(pruner, dense, args, ppl, before)
+        del dense
         pruner.perplexity.update(ppl)
+    if prepared is not None:
+        with stages.stage(f"Zero-shot accuracy of the pruned model on {', '.join(prepared.labels)}"):
+            from ..evaluate import zero_shot
+
+            accuracy = zero_shot(pruner.model, pruner.tokenizer, prepared, limit=args.limit,
+                                 batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                                 quiet=not getattr(args, "verbose", False))
+        pruner.evaluation["zero_shot"] = accuracy.to_dict()
     with stages.stage(f"Saving to {output} ({args.format})"):
         pruner.save_pretrained(output, format=args.format, max_shard_size=args.max_shard_size,
-                               overwrite=overwrite)
-    print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory())
+                               overwrite=overwrite, **writer_options(args))
+    print_summary(report, config, ppl, output, time.perf_counter() - start, peak_memory(), pruner.evaluation)
+    if prepared is not None:
+        print_zero_shot(accuracy)
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
             url = push_or_explain(output, args.push_to_hub, args.private)

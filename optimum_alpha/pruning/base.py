@@ -28,7 +28,8 @@ class LayerPruner:
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        """Refuse values of this pruner's ``options`` it cannot use (called when the config is made)."""
+        """Refuse values of this pruner's ``options`` it cannot use. Called for every registered pruner when a
+        config is made, so a bad value fails early whichever method is chosen."""
 
     def __init__(self, name: str, **options: object) -> None:
         self.name = name
@@ -45,6 +46,15 @@ class LayerPruner:
         """Return the pruned copy of ``weight`` (out, in), same dtype."""
         raise NotImplementedError
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """This process's statistics as float64 sums over its tokens (zeros when it saw none), so that a
+        data-parallel run can sum them over ranks (:mod:`optimum_alpha.distributed`); ``width`` is the
+        matrix's number of inputs. A pruner without statistics returns none."""
+        return []
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        """Take the sums over ranks of what :meth:`partial_sums` returned."""
+
     def free(self) -> None:
         """Drop accumulated statistics."""
 
@@ -58,6 +68,11 @@ def register_pruner(name: str) -> Callable[[type[LayerPruner]], type[LayerPruner
         return cls
 
     return decorator
+
+
+def pruner_classes() -> tuple[type[LayerPruner], ...]:
+    import_plugins(PACKAGE, DECORATOR)
+    return tuple(PRUNERS[name] for name in sorted(PRUNERS))
 
 
 def pruner_names() -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The running input Gram matrix XᵀX that the second-order pruners (SparseGPT, ALPS) accumulate."""
+"""The input Gram matrix XᵀX that the second-order pruners (SparseGPT, ALPS) accumulate."""
 
 from __future__ import annotations
 
@@ -13,23 +13,49 @@ def check_percdamp(percdamp: float) -> None:
         raise ConfigError(f"percdamp must be >= 0, got {percdamp}.")
 
 
-def update_gram(gram: torch.Tensor | None, tokens: int, inputs: torch.Tensor,
-                factor: float = 1.0) -> tuple[torch.Tensor | None, int]:
-    """Fold a batch of inputs (..., in) into the running mean of ``factor``·xxᵀ over ``tokens`` tokens.
+class GramSum:
+    """Σ ``factor``·xxᵀ over the calibration tokens, summed in float64, and its mean.
 
-    A running mean (rescale, then add the new share) keeps the matrix bounded however many tokens are
-    seen. Returns the new ``(gram, tokens)``; float32, on the inputs' device.
+    float64 products of float32 inputs are exact and their sums round at 1e-16, so the mean (float32, what
+    the solvers use) does not depend on how the windows were batched or split across ranks beyond that
+    rounding (a float32 accumulation differs at 1e-7, enough to move ALPS's support). The cost is a float64
+    (in, in) matrix per pruned matrix while its block is calibrated.
     """
-    flat = inputs.reshape(-1, inputs.shape[-1]).float()
-    count = flat.shape[0]
-    if count == 0:
-        return gram, tokens
-    if gram is None:
-        gram = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=flat.device)
-    total = tokens + count
-    gram.mul_(tokens / total)
-    gram.addmm_(flat.T, flat, alpha=factor / total)
-    return gram, total
+
+    def __init__(self, factor: float = 1.0) -> None:
+        self.factor = float(factor)
+        self.sum: torch.Tensor | None = None
+        self.tokens = 0
+        self._mean: torch.Tensor | None = None
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        flat = inputs.reshape(-1, inputs.shape[-1]).double()
+        if flat.shape[0] == 0:
+            return
+        if self.sum is None:
+            self.sum = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=flat.device)
+        self.sum.addmm_(flat.T, flat)
+        self.tokens += flat.shape[0]
+        self._mean = None
+
+    def mean(self) -> torch.Tensor | None:
+        """``factor``·XᵀX / tokens, float32 (None before any token)."""
+        if self.sum is None or self.tokens == 0:
+            return None
+        if self._mean is None:
+            self._mean = (self.sum * (self.factor / self.tokens)).float()
+        return self._mean
+
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """This process's sum (zeros when it saw no token) and token count, for a sum over ranks."""
+        total = self.sum if self.sum is not None else torch.zeros(width, width, dtype=torch.float64)
+        return [total, torch.tensor([float(self.tokens)], dtype=torch.float64)]
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.tokens = int(round(float(sums[1])))
+        device = self.sum.device if self.sum is not None else None
+        self.sum = sums[0].to(device) if self.tokens else None
+        self._mean = None
 
 
 def damped_hessian(gram: torch.Tensor, weight: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:

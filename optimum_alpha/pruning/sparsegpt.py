@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import LayerPruner, register_pruner
-from .gram import check_percdamp, damped_hessian, update_gram
+from .gram import GramSum, check_percdamp, damped_hessian
 from .masks import check_nm_columns, count_to_prune, nm_mask
 
 
@@ -34,11 +34,25 @@ class SparseGPTPruner(LayerPruner):
         super().__init__(name)
         self.percdamp = float(percdamp)
         self.blocksize = int(blocksize)
-        self.hessian: torch.Tensor | None = None  # running mean of 2·xxᵀ, float32, (in, in)
-        self.tokens = 0
+        self.statistic = GramSum(factor=2.0)  # Σ 2·xxᵀ, float64
 
     def add_batch(self, inputs: torch.Tensor) -> None:
-        self.hessian, self.tokens = update_gram(self.hessian, self.tokens, inputs, factor=2.0)
+        self.statistic.add_batch(inputs)
+
+    @property
+    def hessian(self) -> torch.Tensor | None:
+        """H = 2·XᵀX/n over the n calibration tokens, float32, (in, in)."""
+        return self.statistic.mean()
+
+    @property
+    def tokens(self) -> int:
+        return self.statistic.tokens
+
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        return self.statistic.partial_sums(width)
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.statistic.load_sums(sums)
 
     @property
     def calibrated(self) -> bool:
@@ -55,7 +69,7 @@ class SparseGPTPruner(LayerPruner):
         return pruned.to(device=weight.device, dtype=weight.dtype)
 
     def free(self) -> None:
-        self.hessian = None
+        self.statistic = GramSum(factor=2.0)
 
     def _inverse_hessian_factor(self, w: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), after handling dead inputs and dampening H."""

@@ -18,6 +18,12 @@ class WandaPruner(LayerPruner):
     def add_batch(self, inputs: torch.Tensor) -> None:
         self.statistic.add_batch(inputs)
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        return self.statistic.partial_sums(width)
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.statistic.load_sums(sums)
+
     @property
     def calibrated(self) -> bool:
         return self.statistic.sums is not None

@@ -8,18 +8,20 @@ from typing import Any
 
 from ..configuration import check_field_types
 from ..errors import ConfigError
+from ..options import LR_SCHEDULES as SCHEDULES
+from ..options import RECOVERY_METHODS as METHODS
+from ..options import RECOVERY_OBJECTIVES as OBJECTIVES
+from ..options import recovery_default
 
-OBJECTIVES = ("kd", "lm", "mix")
-METHODS = ("full", "lora")
-SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup")
-# Learning rates that recovered SmolLM2-135M in a few hundred steps (docs/recovery.md): LoRA's low-rank
-# update needs a larger step than full fine-tuning of every kept weight.
+# Usual choices for short runs (LoRA's low-rank update takes larger steps than full fine-tuning); not tuned
+# here: docs/recovery.md has the one measurement made with them (full, 8 steps).
 DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 5e-4}
 
 
 @dataclass
 class RecoveryConfig:
-    """Configuration of one recovery run (distillation or next-token fine-tuning after pruning).
+    """Configuration of one recovery run (distillation or next-token fine-tuning after pruning). Defaults,
+    choices and command-line flags come from ``optimum_alpha.options.RECOVERY_OPTIONS``.
 
     Args:
         objective: ``kd`` (KL divergence to the dense teacher's next-token distribution), ``lm`` (plain
@@ -55,38 +57,38 @@ class RecoveryConfig:
             the default is the demo's protocol (20 WikiText-2 windows of 512 tokens).
     """
 
-    objective: str = "kd"
-    temperature: float = 1.0
-    kd_weight: float = 0.5
-    hidden_mse_weight: float = 0.0
-    method: str = "full"
-    lora_targets: list[str] | None = None
-    lora_experts: bool = False
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    steps: int = 200
-    learning_rate: float | None = None
-    warmup_steps: int | None = None
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 1
-    gradient_accumulation: int = 1
-    seqlen: int = 512
-    dataset: str = "c4"
-    dataset_config: str | None = None
-    dataset_split: str = "train"
-    train_routers: bool = False
-    output_dir: str | None = None
-    save_steps: int = 50
-    resume: bool | str = False
-    seed: int = 0
-    log_steps: int = 1
-    evaluate: bool = True
-    eval_dataset: str = "wikitext2"
-    eval_seqlen: int = 512
-    eval_windows: int | None = 20
+    objective: str = recovery_default("objective")
+    temperature: float = recovery_default("temperature")
+    kd_weight: float = recovery_default("kd_weight")
+    hidden_mse_weight: float = recovery_default("hidden_mse_weight")
+    method: str = recovery_default("method")
+    lora_targets: list[str] | None = recovery_default("lora_targets")
+    lora_experts: bool = recovery_default("lora_experts")
+    lora_rank: int = recovery_default("lora_rank")
+    lora_alpha: float = recovery_default("lora_alpha")
+    lora_dropout: float = recovery_default("lora_dropout")
+    steps: int = recovery_default("steps")
+    learning_rate: float | None = recovery_default("learning_rate")
+    warmup_steps: int | None = recovery_default("warmup_steps")
+    lr_schedule: str = recovery_default("lr_schedule")
+    weight_decay: float = recovery_default("weight_decay")
+    max_grad_norm: float = recovery_default("max_grad_norm")
+    batch_size: int = recovery_default("batch_size")
+    gradient_accumulation: int = recovery_default("gradient_accumulation")
+    seqlen: int = recovery_default("seqlen")
+    dataset: str = recovery_default("dataset")
+    dataset_config: str | None = recovery_default("dataset_config")
+    dataset_split: str = recovery_default("dataset_split")
+    train_routers: bool = recovery_default("train_routers")
+    output_dir: str | None = recovery_default("output_dir")
+    save_steps: int = recovery_default("save_steps")
+    resume: bool | str = recovery_default("resume")
+    seed: int = recovery_default("seed")
+    log_steps: int = recovery_default("log_steps")
+    evaluate: bool = recovery_default("evaluate")
+    eval_dataset: str = recovery_default("eval_dataset")
+    eval_seqlen: int = recovery_default("eval_seqlen")
+    eval_windows: int | None = recovery_default("eval_windows")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -5,7 +5,8 @@ target that does not exist, a window longer than the model's positions, a resume
 too short) runs before the first training step, so a mistake costs one line and no training time.
 
 Memory: the student, its gradients and Adam's two moments (4 copies of the trainable weights), plus the
-teacher (1 copy) and the activations of one micro-batch for both. SmolLM2-135M in float32: about 3.5 GB.
+teacher (1 copy) and the activations of one micro-batch for both. SmolLM2-135M in float32 with 512-token windows:
+4.4 GB peak RSS (measured).
 A model where the teacher does not fit beside the student needs ``objective="lm"`` (no teacher) or LoRA
 (the student's gradients and moments shrink to the adapters').
 """
@@ -13,7 +14,6 @@ A model where the teacher does not fit beside the student needs ``objective="lm"
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -252,6 +252,5 @@ def _verify_zeros(model: nn.Module, masks: SparsityMasks, ignore: Any, report: R
     if leaked:
         raise RuntimeError(f"{leaked} pruned weights are non-zero after recovery; please report this bug.")
     report.sparsity_after = SparsityMasks.from_model(model, ignore).sparsity
-    if not math.isclose(report.sparsity_after, report.sparsity_before, abs_tol=1e-9) and \
-            report.sparsity_after < report.sparsity_before:
+    if report.sparsity_after < report.sparsity_before - 1e-12:  # the zero set can only grow, never shrink
         raise RuntimeError("sparsity fell during recovery; please report this bug.")

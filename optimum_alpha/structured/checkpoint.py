@@ -68,6 +68,8 @@ def add_width_quantization_config(folder: Path, version: str) -> bool:
     """Name the ``alpha_width`` loader in ``config.json`` when blocks differ in width and no other loader is
     named (an ``alpha_sparse`` checkpoint resizes the blocks itself). Returns whether it was added."""
     path = folder / "config.json"
+    if not path.is_file():  # a format without config.json (gguf) states the widths itself
+        return False
     config = json.loads(path.read_text())
     if WIDTHS_ATTRIBUTE not in config or "quantization_config" in config:
         return False

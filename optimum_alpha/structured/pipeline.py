@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..calibration import BlockInputs, run_block
+from ..distributed import current as current_parallel
 from ..configuration import AlphaPruningConfig
 from ..errors import ConfigError, ModelStructureError
 from ..interrupts import hold_interrupts
@@ -72,11 +73,14 @@ def _prune_block(block: torch.nn.Module, index: int, layout: BlockLayout, plan: 
     """Select, refit and shrink one block; returns its new width and reconstruction errors."""
     o_proj, down_proj = layout.attention.o_proj, layout.mlp.down_proj
     stats = GramCollector(o_proj), GramCollector(down_proj)
+    parallel = current_parallel()
     try:
-        run_block(block, inputs, index, keep_outputs=False)
+        with parallel.step(f"collecting the statistics of block {index}"):
+            run_block(block, inputs, index, keep_outputs=False)
     finally:
         for collector in stats:
             collector.close()
+    parallel.sum_statistics([(stats[0], o_proj.in_features), (stats[1], down_proj.in_features)])
     (o_gram, down_gram) = (collector.gram for collector in stats)
     o_weight, down_weight = o_proj.weight.data, down_proj.weight.data
     kept_q, kept_kv = select_heads(layout, plan, o_weight, o_gram)

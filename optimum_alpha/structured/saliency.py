@@ -30,6 +30,16 @@ class GramCollector:
         self.gram = batch if self.gram is None else self.gram.add_(batch)
         self.tokens += x.shape[0]
 
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        """Σ x xᵀ (float64; zeros when no token was seen) and the token count, for a sum over ranks."""
+        gram = self.gram.double() if self.gram is not None else torch.zeros(width, width, dtype=torch.float64)
+        return [gram, torch.tensor([float(self.tokens)], dtype=torch.float64)]
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.tokens = int(round(float(sums[1])))
+        device = self.gram.device if self.gram is not None else None
+        self.gram = sums[0].to(device=device, dtype=torch.float32) if self.tokens else None
+
     def close(self) -> None:
         """Stop collecting (the Gram matrix stays in ``gram``)."""
         self._handle.remove()

@@ -28,12 +28,21 @@ class CheckpointWriter:
     summary: ClassVar[str] = ""
     quant_method: ClassVar[str | None] = None
 
+    def __init__(self, **options: Any) -> None:
+        """``options``: the format's own save options (``save_pretrained(..., gguf_type=...)``); none by default."""
+        if options:
+            raise CheckpointError(
+                f"checkpoint format {self.name!r} takes no options, got {', '.join(sorted(options))}"
+            )
+
     def check_request(self, model: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """Refuse, before any slow work, a model or run this format cannot hold (one line naming the fix)."""
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         """Write the weights and ``config.json`` into ``folder``; returns the ``quantization_config`` written
-        (None for plain checkpoints). ``data`` (the future ``alpha_pruning.json``) may be extended."""
+        (None for plain checkpoints). ``data`` (the future ``alpha_pruning.json``) may be extended; the
+        tokenizer is saved next to the weights by ``save_pruned`` (a format that embeds it reads it here)."""
         raise NotImplementedError
 
     def load_section(self, repo_hint: str) -> str:
@@ -61,11 +70,12 @@ def writer_names() -> tuple[str, ...]:
     return tuple(sorted(_WRITERS))
 
 
-def get_writer(name: str) -> CheckpointWriter:
+def get_writer(name: str, **options: Any) -> CheckpointWriter:
+    """The writer of ``name``, built with its save ``options`` (a format without options refuses any)."""
     import_plugins(PACKAGE, DECORATOR)
     if name not in _WRITERS:
         raise CheckpointError(f"unknown checkpoint format {name!r}; choose one of {', '.join(sorted(_WRITERS))}")
-    return _WRITERS[name]()
+    return _WRITERS[name](**options)
 
 
 def writer_for_quant_method(quant_method: str | None) -> CheckpointWriter | None:

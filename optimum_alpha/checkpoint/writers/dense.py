@@ -13,7 +13,8 @@ from .base import CheckpointWriter, register_writer
 class DenseWriter(CheckpointWriter):
     summary = "plain safetensors any transformers can load"
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         with without_gguf_state(model):
             model.save_pretrained(folder, max_shard_size=max_shard_size)
         return None

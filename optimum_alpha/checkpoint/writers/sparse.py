@@ -23,7 +23,8 @@ class SparseWriter(CheckpointWriter):
     summary = "compressed bitmask checkpoint (loads after `import optimum_alpha`)"
     quant_method = SPARSE_QUANT_METHOD
 
-    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any]) -> dict | None:
+    def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
+              tokenizer: Any = None) -> dict | None:
         with without_gguf_state(model), compress_while_saving(folder) as compressor:
             model.save_pretrained(folder, max_shard_size=max_shard_size)
         compressed = compress_folder(folder, compressor)
