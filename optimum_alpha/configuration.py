@@ -34,6 +34,7 @@ from .options import (
     resolve_seqlen,
 )
 from .pruning import get_pruner_class, pruner_classes
+from .quantization.plan import check_quantization_config
 from .reconstruction import check_reconstruct
 
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
@@ -197,6 +198,16 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             when each group has one query head (multi-head attention).
         head_sparsity: fraction of query heads (per group) or of groups to remove in every block; None: each
             block's own fraction, with MLP channels taking the rest of its share.
+        bits: quantise the block weights to integers after (or jointly with) pruning, with this average bit
+            width over the quantised weights (parameter-weighted, never exceeded); None: keep float weights.
+            ``sparsity=0`` quantises without pruning. See docs/quantisation.md.
+        group_size: inputs sharing one scale (default 128); None (or 0): one scale per output row. Symmetric
+            scales, so every pruned weight stays exactly 0.
+        weight_quant_method: ``gptq`` (OBS column updates that keep the pruning mask; with ``sparsegpt`` one
+            joint sweep) or ``rtn`` (round to nearest). Not ``quant_method``, which transformers reads to pick
+            the quantizer (``"alpha_pruning"``); the command line calls it ``--quant-method``.
+        bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
+            choose from (default 4 and 8, the ones vLLM serves).
     """
 
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
@@ -246,6 +257,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     structured_damp: float = default("structured_damp")
     prune_kv_groups: bool | None = default("prune_kv_groups")
     head_sparsity: float | None = default("head_sparsity")
+    bits: float | None = default("bits")
+    group_size: int | None = default("group_size")
+    weight_quant_method: str = default("weight_quant_method")  # --quant-method; see options.py for the name
+    bit_allocation: str = default("bit_allocation")
+    bit_choices: tuple[int, ...] = default("bit_choices")
     tokenizer: Any = default("tokenizer")
     dataset: InitVar[Any] = None
 
@@ -295,6 +311,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_reconstruct(self.reconstruct, self.reconstruct_iters, float(self.reconstruct_damp))
         self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)  # a JSON list reads back as the tuple
         self._check_structure()
+        check_quantization_config(self)
 
     @property
     def farms_options(self) -> FarmsOptions:
@@ -362,7 +379,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def needs_calibration_text(self) -> bool:
         """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
         return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
-                or self.structure == "width" or self.reconstruct == "block")
+                or self.structure == "width" or self.reconstruct == "block"
+                or (self.bits is not None and self.weight_quant_method == "gptq"))
 
     @property
     def width_only(self) -> bool:
@@ -371,8 +389,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     @property
     def sparsifies_after_width(self) -> bool:
-        """Whether a width-pruned model is then pruned unstructured (or N:M)."""
-        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None)
+        """Whether a width-pruned model is then pruned unstructured (or N:M), or quantised."""
+        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None
+                                              or self.bits is not None)
 
     def unstructured_stage(self) -> "AlphaPruningConfig":
         """The config of the unstructured stage that follows width pruning."""
@@ -421,6 +440,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["epsilon_grid"] = list(self.epsilon_grid)
+        data["bit_choices"] = list(self.bit_choices)
         data["atp_beta_grid"] = list(self.atp_beta_grid)
         data["calibration_dataset"] = _json_value(self.calibration_dataset)
         data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))

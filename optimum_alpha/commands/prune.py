@@ -209,7 +209,7 @@ def check_before_loading(args: argparse.Namespace):
     output = args.output if args.output is not None else default_output(args.model, config)
     overwrite = "force" if args.force_overwrite else args.overwrite
     check_save_request(output, format=args.format, max_shard_size=args.max_shard_size, overwrite=overwrite,
-                       **writer_options(args))
+                       config=config, **writer_options(args))  # e.g. --bits without compressed-tensors
     check_device_map(args.device_map)
     from ..data import load_texts
 
@@ -292,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
         from ..pruner import AlphaPruner
 
         pruner = AlphaPruner.from_pretrained(args.model, show_progress=show, **load_kwargs(args))
+    from ..checkpoint.writers import get_writer
+
+    get_writer(args.format, **writer_options(args)).check_model(pruner.model, config)  # before pruning
     ppl: dict[str, Any] = {}
     dense = before = None
     if args.eval:
