@@ -34,6 +34,7 @@ from .options import (
     resolve_seqlen,
 )
 from .pruning import get_pruner_class, pruner_classes
+from .quantization.plan import check_quantization_config
 from .reconstruction import check_reconstruct
 
 # ``quant_method`` of a config passed to ``from_pretrained(quantization_config=...)``: prune on load.
@@ -71,26 +72,71 @@ def _describe(value: Any) -> str:
     return f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
 
 
+_KINDS = {bool: "true or false (bool)", int: "a whole number (int)", float: "a number (float)", str: "a string"}
+_PLURALS = {bool: "booleans", int: "whole numbers", float: "numbers", str: "strings"}
+
+
+def _kind(annotation: Any) -> str:
+    """How a declared type is named in an error message."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        return "a list of " + _PLURALS.get(element, "values")
+    return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _same_kind(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is of the declared type's kind (a float NaN is of kind float)."""
+    if annotation in (int, float):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """``value`` checked against a field's declared type (bool/int/float/str, optionally ``| None``).
+    """``value`` checked against a field's declared type: bool/int/float/str, ``list[T]``/``tuple[T, ...]``,
+    or a union of them (optionally ``| None``).
 
     Numbers must be real numbers, finite, and whole for ``int`` fields (``64.0`` becomes ``64``); strings
     are never parsed into numbers, so ``"0.5"`` from a hand-written JSON file is refused with a message
-    rather than failing later inside ``prune()``.
+    rather than failing later inside ``prune()``. A list field takes a list (or tuple) of its element type,
+    and a list of strings also one string (``ignore="re:.*gate"``).
     """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        if value is None and len(options) < len(typing.get_args(annotation)):
+        args = typing.get_args(annotation)
+        options = [arg for arg in args if arg is not type(None)]
+        if value is None and len(options) < len(args):
             return None
-        if len(options) != 1:
+        if len(options) == 1:
+            return _coerce(name, value, options[0])
+        if Any in options:
             return value
-        annotation = options[0]
+        closest = None
+        for option in options:  # the first declared type that accepts the value
+            try:
+                return _coerce(name, value, option)
+            except ConfigError as error:
+                if _same_kind(value, option):  # a value of that type, refused for its value (nan, 2.5)
+                    closest = closest or error
+        raise closest or ConfigError(
+            f"{name} must be {' or '.join(_kind(o) for o in options)}, got {_describe(value)}.")
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        if isinstance(value, str) and element is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            example = f"; write [{value.strip()}]" if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{name} must be {_kind(annotation)}, got {_describe(value)}{example}.")
+        items = [value_ if element is Any else _coerce(f"{name}[{i}]", value_, element)
+                 for i, value_ in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false (bool), got {_describe(value)}.")
         return value
     if annotation in (int, float):
-        kind = "a whole number (int)" if annotation is int else "a number (float)"
+        kind = _KINDS[annotation]
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             hint = f"; write {value.strip()} without quotes" if isinstance(value, str) and _is_number(value) else ""
             raise ConfigError(f"{name} must be {kind}, got {_describe(value)}{hint}.")
@@ -197,6 +243,16 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             when each group has one query head (multi-head attention).
         head_sparsity: fraction of query heads (per group) or of groups to remove in every block; None: each
             block's own fraction, with MLP channels taking the rest of its share.
+        bits: quantise the block weights to integers after (or jointly with) pruning, with this average bit
+            width over the quantised weights (parameter-weighted, never exceeded); None: keep float weights.
+            ``sparsity=0`` quantises without pruning. See docs/quantisation.md.
+        group_size: inputs sharing one scale (default 128); None (or 0): one scale per output row. Symmetric
+            scales, so every pruned weight stays exactly 0.
+        weight_quant_method: ``gptq`` (OBS column updates that keep the pruning mask; with ``sparsegpt`` one
+            joint sweep) or ``rtn`` (round to nearest). Not ``quant_method``, which transformers reads to pick
+            the quantizer (``"alpha_pruning"``); the command line calls it ``--quant-method``.
+        bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
+            choose from (default 4 and 8, the ones vLLM serves).
     """
 
     # transformers reads it to pick the quantizer; not an __init__ argument, since it is not a choice.
@@ -246,6 +302,11 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     structured_damp: float = default("structured_damp")
     prune_kv_groups: bool | None = default("prune_kv_groups")
     head_sparsity: float | None = default("head_sparsity")
+    bits: float | None = default("bits")
+    group_size: int | None = default("group_size")
+    weight_quant_method: str = default("weight_quant_method")  # --quant-method; see options.py for the name
+    bit_allocation: str = default("bit_allocation")
+    bit_choices: tuple[int, ...] = default("bit_choices")
     tokenizer: Any = default("tokenizer")
     dataset: InitVar[Any] = None
 
@@ -295,6 +356,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         check_reconstruct(self.reconstruct, self.reconstruct_iters, float(self.reconstruct_damp))
         self.atp_beta_grid = tuple(float(b) for b in self.atp_beta_grid)  # a JSON list reads back as the tuple
         self._check_structure()
+        check_quantization_config(self)
 
     @property
     def farms_options(self) -> FarmsOptions:
@@ -362,7 +424,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     def needs_calibration_text(self) -> bool:
         """Whether the run reads calibration text (its layer pruner, allocation or width pruning does)."""
         return (get_pruner_class(self.method).needs_calibration or get_allocation(self.allocation).needs_calibration
-                or self.structure == "width" or self.reconstruct == "block")
+                or self.structure == "width" or self.reconstruct == "block"
+                or (self.bits is not None and self.weight_quant_method == "gptq"))
 
     @property
     def width_only(self) -> bool:
@@ -371,8 +434,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
 
     @property
     def sparsifies_after_width(self) -> bool:
-        """Whether a width-pruned model is then pruned unstructured (or N:M)."""
-        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None)
+        """Whether a width-pruned model is then pruned unstructured (or N:M), or quantised."""
+        return self.structure == "width" and (self.unstructured_sparsity is not None or self.nm is not None
+                                              or self.bits is not None)
 
     def unstructured_stage(self) -> "AlphaPruningConfig":
         """The config of the unstructured stage that follows width pruning."""
@@ -421,6 +485,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         """JSON-ready fields plus ``quant_method``; objects (a Dataset, a tokenizer) become their type or name."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["epsilon_grid"] = list(self.epsilon_grid)
+        data["bit_choices"] = list(self.bit_choices)
         data["atp_beta_grid"] = list(self.atp_beta_grid)
         data["calibration_dataset"] = _json_value(self.calibration_dataset)
         data["tokenizer"] = _json_value(self.tokenizer, getattr(self.tokenizer, "name_or_path", None))

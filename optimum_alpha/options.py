@@ -31,6 +31,8 @@ STRUCTURES = ("unstructured", "width")
 AUTO = "auto"
 DEFAULT_MAX_SEQLEN = 2048  # calibration windows never default to the model's full context
 MIXED_NM_PREFIX = "mixed:"
+QUANT_METHODS = ("gptq", "rtn")
+BIT_ALLOCATIONS = ("alpha", "uniform")
 
 
 def pruner_names() -> tuple[str, ...]:
@@ -183,6 +185,21 @@ OPTIONS: tuple[Option, ...] = (
            "heads inside each group (default: off, except for multi-head attention)", "width"),
     Option("head_sparsity", None, "float", "with structure width: fraction of query heads per KV group (or of "
            "groups) removed in every block; default: each block's own share", "width", metavar="S"),
+    # integer weights (docs/quantisation.md)
+    Option("bits", None, "float", "quantise the block weights to integers after pruning, with this average bit "
+           "width over them (never exceeded; e.g. 4, or 4.5 over bit-choices 4 8); needs format "
+           "compressed-tensors; sparsity 0 quantises without pruning", "quantisation", metavar="B"),
+    Option("group_size", 128, "int", "inputs sharing one scale (must divide every matrix's inputs); 0: one "
+           "scale per output row", "quantisation", metavar="N"),
+    # Not ``quant_method``: transformers reads that attribute of every quantization config to pick the
+    # quantizer (ours is "alpha_pruning"), so the weight quantiser's field needs a name of its own.
+    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; one joint sweep with "
+           "sparsegpt) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
+    Option("bit_allocation", "alpha", "choice", "alpha: lower-alpha blocks get the wider widths; uniform: no "
+           "preference (a budget between two widths is spread evenly over the depth)", "quantisation",
+           choices=BIT_ALLOCATIONS),
+    Option("bit_choices", (4, 8), "floats", "the bit widths to choose from (2 to 8; vLLM serves 4 and 8)",
+           "quantisation", metavar="B"),
 )
 
 BY_NAME = {option.name: option for option in OPTIONS}

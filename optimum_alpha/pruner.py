@@ -138,9 +138,9 @@ class AlphaPruner(OptimumQuantizer):
         from .checkpoint import check_save_request
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
-        config = AlphaPruningConfig(**kwargs)
+        config = AlphaPruningConfig.from_dict(kwargs)  # an unknown keyword is a ConfigError listing the fields
         # Whatever save_pretrained would refuse (folder, format, shard size) is refused before pruning.
-        check_save_request(save_dir, **save_kwargs)
+        check_save_request(save_dir, config=config, model=self.model, **save_kwargs)
         self.prune(config)
         return self.save_pretrained(save_dir, **save_kwargs)
 
@@ -157,7 +157,7 @@ class AlphaPruner(OptimumQuantizer):
     def save_pretrained(self, save_dir: str | Path, format: str = "sparse", max_shard_size: str | int = "5GB",
                         overwrite: bool | str = False, **writer_options: Any) -> Path:
         """Save the pruned model in a registered checkpoint format (``sparse`` bitmask, ``dense``, ``gguf``
-        with ``gguf_type=``...) with the tokenizer, ``alpha_pruning.json`` and a model card."""
+        with ``gguf_type=``, ``compressed-tensors`` packed integers after ``bits=``...) with the tokenizer, ``alpha_pruning.json`` and a model card."""
         from .checkpoint import save_pruned
 
         path = save_pruned(self.model, save_dir, tokenizer=self.tokenizer, format=format,

@@ -40,6 +40,8 @@ class PruningReport:
     uncalibrated: list[str] = field(default_factory=list)  # expert matrices no calibration token reached
     # structure="width": per block, the kept width, removed fraction and the refit's reconstruction errors.
     structured: list[dict[str, Any]] = field(default_factory=list)
+    # bits set: method, widths per matrix, average and stored bits per weight (see quantization.plan)
+    quantization: dict[str, Any] = field(default_factory=dict)
     reconstruction_s: float = 0.0  # reconstruct="block": seconds spent refitting (included in elapsed_s)
     # Typed run semantics, set once by the stage that makes the report (nobody re-parses the config dict):
     sparsity_cap: float | None = None  # the most any unit could get (None: a fixed N:M pattern decides)
@@ -124,6 +126,7 @@ def run_metadata(report: PruningReport | None, *, base_model: str | None,
         "calibration": report.calibration,
         "epsilon_search": report.epsilon_search,
         "structured": report.structured,
+        "quantization": report.quantization,
         "perplexity": dict(perplexity),
         "esd_blocks": esd_blocks,
     }

@@ -23,7 +23,8 @@ from .interrupts import hold_interrupts
 from .matrices import BlockWeights, PrunableMatrix, check_covered
 from .model_utils import check_block_parameters, max_positions
 from .pruning import LayerPruner, get_pruner_class
-from .pruning.magnitude import MagnitudePruner
+from .quantization.plan import plan_quantisation, quantization_summary
+from .quantization.state import forget_quantization, record_quantized, recorded_grids
 from .reconstruction import reconstruct_block
 from .report import BlockReport, PruningReport, layer_sparsity
 from .state import ModelState
@@ -62,6 +63,9 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
     if config.reconstruct == "block" and current_parallel().active:  # the same answer on every rank
         raise DistributedRunError("reconstruct='block' does not run under torchrun yet (its refit would see one "
                                   "rank's windows only); run it in one process, or drop reconstruct.")
+    if config.bits is not None and current_parallel().active:
+        raise DistributedRunError("bits does not run under torchrun yet (each rank would hold the scales of its "
+                                  "own matrices only); quantise in one process, or drop bits.")
     blocks = state.block_weights(config)
     check_weights(state, blocks)
     model = state.model
@@ -69,6 +73,11 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
     model.eval()
     try:
         pruner_cls = get_pruner_class(config.method)
+        forget_quantization(model)
+        widths = None
+        if config.bits is not None:  # prune, then quantise each matrix to its allocated width
+            pruner_cls, widths = plan_quantisation(config, blocks, pruner_cls,
+                                                   lambda: state.spectra(config, show_progress))
         if pruner_cls.needs_calibration or get_allocation(config.allocation).needs_calibration:
             config.resolve_seqlen(max_positions(model))  # a too-long seqlen fails before any analysis
         allocated = compute_targets(state, config, blocks, show_progress)
@@ -100,8 +109,10 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
                                           config.reconstruct_damp)
                 new_weights = refit.weights
                 report.reconstruction_s += refit.seconds
+            quantized = {name: p.quantized for name, p in pruners.items() if getattr(p, "quantized", None)}
             with hold_interrupts():  # a Ctrl-C here lands once the block is fully written and reported
                 write_block(index, matrices, new_weights, targets, blocks[index], allocated.block_scores, report)
+                record_quantized(model, quantized)  # the grids of exactly the weights just written
             if inputs is not None:
                 with parallel.step(f"replaying block {index}"):
                     inputs.hidden_states = run_block(block, inputs, index)
@@ -110,6 +121,8 @@ def prune_unstructured(state: ModelState, config: Any, show_progress: bool = Tru
     finally:
         model.train(was_training)
     report.completed = True
+    if widths is not None:
+        report.quantization = quantization_summary(config, widths, blocks, recorded_grids(model))
     _warn_about(report, config)
     logger.info("Pruned to %.4f total sparsity in %.1f s", report.total_sparsity, report.elapsed_s)
     return model, report
@@ -127,13 +140,14 @@ def prune_block(matrices: list[PrunableMatrix], pruners: dict[str, LayerPruner],
                 mine: list[bool] | None = None) -> dict[str, torch.Tensor]:
     """New values of every matrix of the block (of those ``mine`` selects: the others are another rank's),
     computed before any is written. A matrix that received no calibration input (an expert no token was
-    routed to) is pruned by magnitude and reported."""
+    routed to) is pruned by the pruner's fallback (magnitude; then round to nearest when quantising) and
+    reported."""
     new_weights = {}
     for i, matrix in enumerate(matrices):
         pruner = pruners[matrix.name]
         if not pruner.calibrated:
             report.uncalibrated.append(matrix.name)
-            pruner = MagnitudePruner(matrix.name)
+            pruner = pruners[matrix.name] = pruner.fallback()
         if mine is not None and not mine[i]:
             pruners[matrix.name].free()
             continue

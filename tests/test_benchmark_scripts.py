@@ -91,3 +91,20 @@ def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
     assert [row[0] for row in speed] == ["dense", "uniform 30%", "alpha 30%"]
     assert all(float(row[2]) == pytest.approx(0.3, abs=0.05) for row in speed[1:])
     assert len(speed[0]) == 8
+
+
+def test_quantisation_table_keeps_every_zero_and_shrinks_the_weights(tiny_tokenizer):
+    from benchmarks import quantisation
+
+    text = quantisation.main(
+        ["--rows", "dense", "w4-rtn", "wanda-50-w4", "sparsegpt-50-w4", "--nsamples", "2", "--seqlen", "32",
+         "--eval-seqlen", "32", "--max-windows", "1", "--group-size", "32"],
+        factory=lambda: (make_tiny_model("llama", layers=2), tiny_tokenizer),
+    )
+    rows = {row[0]: row for row in data_rows(text)}
+    assert list(rows) == ["dense float32", "W4 RTN", "Wanda + alpha 50 % -> W4 GPTQ (mask kept)",
+                          "SparseGPT + alpha 50 % joint W4"]
+    for name in list(rows)[2:]:
+        assert rows[name][3] == "100.00 %"  # every pruned weight still exactly 0
+        assert float(rows[name][5]) == 5.0  # 4 bits + a float32 scale per 32 weights
+    assert float(rows["W4 RTN"][6]) < float(rows["dense float32"][6])

@@ -72,6 +72,22 @@ def _calibration_rows(calibration: dict[str, Any], search: dict[str, Any]) -> li
     return rows
 
 
+def _quantization_rows(quantization: dict[str, Any]) -> list[str]:
+    """Rows on the integer weights: how they were quantised, the widths, and what they cost on disk."""
+    if not quantization:
+        return []
+    widths = sorted(set((quantization.get("bits") or {}).values()))
+    group = quantization.get("group_size")
+    return [
+        f"| quantisation | {quantization.get('method')}, symmetric int, "
+        f"{'groups of ' + str(group) if group else 'one scale per row'}; widths {', '.join(map(str, widths))} "
+        f"({quantization.get('bit_allocation')} allocation) |",
+        f"| bits per quantised weight | {_fmt(quantization.get('average_bits'), 3)} average (budget "
+        f"{_fmt(quantization.get('bits_budget'), 3)}), {_fmt(quantization.get('bits_per_weight_with_scales'), 3)} "
+        "with scales |",
+    ]
+
+
 def _allocation_name(allocation: str, structure: str) -> str:
     return f"none, fixed {structure} pattern" if ":" in structure and not structure.startswith("mixed") else allocation
 
@@ -200,6 +216,7 @@ def build_model_card(
         removed = sum(b["removed_fraction"] * b["params"] for b in structured) / sum(b["params"] for b in structured)
         lines.append(f"| structure | width: whole attention heads and MLP channels removed, "
                      f"{_fmt(removed)} of the block weights |")
+    lines += _quantization_rows(metadata.get("quantization") or {})
     perplexity_row = _perplexity_row(metadata.get("perplexity") or {})
     if perplexity_row:
         lines.append(perplexity_row)

@@ -68,15 +68,19 @@ def _forget_quantizer(model: Any) -> None:
 
 
 def save_pruned_model(model: Any, save_directory: str | os.PathLike, max_shard_size: str | int = "5GB",
-                      format: str = "sparse", push_to_hub: bool = False, **kwargs: Any) -> Path:
+                      format: str | None = None, push_to_hub: bool = False, **kwargs: Any) -> Path:
     """``model.save_pretrained`` of a model pruned on load: the ``alpha_sparse`` folder with card and metadata
-    (``format="dense"``: plain safetensors with the zeros in place).
+    (``format="dense"``: plain safetensors with the zeros in place); a model quantised on load
+    (``bits=``) is saved as ``compressed-tensors`` unless ``format`` says otherwise.
 
     Like transformers' ``save_pretrained`` it writes into ``save_directory`` beside what is already there
     (a tokenizer saved first stays); the model's own files are replaced as a whole.
     """
+    from ..quantization.state import recorded_grids
     from .save import save_pruned
 
+    if format is None:
+        format = "compressed-tensors" if recorded_grids(model) else "sparse"
     target = Path(save_directory).expanduser()
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.save-", dir=target.parent))

@@ -71,11 +71,17 @@ def check_shard_size(max_shard_size: str | int) -> int:
 
 def check_save_request(
     save_dir: str | os.PathLike, *, format: str = "sparse", max_shard_size: str | int = "5GB",
-    overwrite: bool | str = False, **writer_options: Any
+    overwrite: bool | str = False, config: Any = None, model: nn.Module | None = None, **writer_options: Any
 ) -> Path:
-    """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target."""
+    """Everything ``save_pruned`` would refuse, checked before slow work; returns the resolved target.
+    With the run's ``config`` (and the loaded ``model``), also what the format cannot hold of that run."""
     # an unknown format fails here, listing the registered ones; so do options the format does not take
-    get_writer(format, **writer_options).check_request()
+    writer = get_writer(format, **writer_options)
+    writer.check_request()
+    if config is not None:
+        writer.check_config(config)
+        if model is not None:
+            writer.check_model(model, config)
     check_shard_size(max_shard_size)
     target = Path(save_dir).expanduser().resolve()
     check_save_target(target, overwrite_mode(overwrite))
@@ -194,6 +200,22 @@ def _write_folder(
     _apply_umask(folder)
 
 
+def check_written(staging: Path, target: Path) -> None:
+    """Read the finished staging folder back as a load would check it (config, index, every safetensors header
+    against its file size, the format's own verification): a filesystem that lost data without an error (a
+    full disk on some network or FUSE filesystems) fails the save instead of reporting success."""
+    from .verify import check_checkpoint_folder
+
+    if not (staging / "config.json").is_file():  # not a transformers folder (GGUF: its file is written atomically)
+        return
+    try:
+        check_checkpoint_folder(staging)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"saving to {target} failed: the written files do not read back ({error}); nothing was changed there"
+        ) from error
+
+
 def save_pruned(
     model: nn.Module,
     save_dir: str | os.PathLike,
@@ -217,13 +239,14 @@ def save_pruned(
     from ..distributed import current as current_parallel
 
     kwargs = dict(tokenizer=tokenizer, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
-                  metadata=metadata)
+                  metadata=metadata, writer_options=writer_options)
     written = current_parallel().on_main(lambda: _save_here(model, save_dir, **kwargs), f"saving {save_dir}")
     return written if written is not None else Path(save_dir)
 
 
 def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any, format: str,
-               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None) -> Path:
+               max_shard_size: str | int, overwrite: bool | str, metadata: dict | None,
+               writer_options: dict[str, Any]) -> Path:
     if not hasattr(model, "save_pretrained"):
         raise CheckpointError(
             f"{type(model).__name__} has no save_pretrained; pass a transformers PreTrainedModel"
@@ -237,6 +260,8 @@ def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any,
             ) from error
     target = check_save_request(save_dir, format=format, max_shard_size=max_shard_size, overwrite=overwrite,
                                 **writer_options)
+    # what this format cannot hold of this model (quantised or not), before any file is written
+    get_writer(format, **writer_options).check_request(model, metadata)
     with sigterm_as_interrupt():
         staging: Path | None = None
         try:
@@ -246,6 +271,7 @@ def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any,
                 model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata,
                 writer_options=writer_options,
             )
+            check_written(staging, target)
             put_in_place(staging, target, overwrite)
         except BaseException as error:
             if staging is not None:

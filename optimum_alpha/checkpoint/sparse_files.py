@@ -149,15 +149,17 @@ def _dispatching_writer(original: Any) -> Any:
 
 
 @contextlib.contextmanager
-def compress_while_saving(folder: Path, candidates: Iterable[str] | None = None) -> Iterator[ShardCompressor]:
-    """While active, shards that ``save_pretrained`` writes into ``folder`` are compressed before writing.
+def compress_while_saving(folder: Path, candidates: Iterable[str] | None = None,
+                          compressor: Any = None) -> Iterator[Any]:
+    """While active, shards that ``save_pretrained`` writes into ``folder`` are compressed before writing
+    (by a :class:`ShardCompressor`, or by ``compressor``: anything with its ``compress(tensors, shard)``).
 
     Hooks the one function transformers writes shards with (``modeling_utils.safe_save_file``); other
     folders pass through untouched, and nested or concurrent saves share one hook.
     """
     from transformers import modeling_utils
 
-    compressor = ShardCompressor(candidates)
+    compressor = compressor if compressor is not None else ShardCompressor(candidates)
     with _ACTIVE_LOCK:
         if not _ACTIVE:
             _ORIGINAL_WRITER.append(modeling_utils.safe_save_file)

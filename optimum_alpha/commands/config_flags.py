@@ -19,6 +19,7 @@ GROUP_TITLES = {
     "calibration": "calibration data",
     "solver": "layer solvers (sparsegpt, alps)",
     "width": "width pruning (--structure width)",
+    "quantisation": "integer weights (--bits, with --format compressed-tensors)",
 }
 RECOVERY_GROUP_TITLES = {
     "objective": "objective",

@@ -119,6 +119,9 @@ class ALPSPruner(LayerPruner):
     def free(self) -> None:
         self.statistic = GramSum()
 
+    def input_hessian(self) -> torch.Tensor | None:
+        return self.gram
+
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         if self.gram is None:
             raise RuntimeError(f"ALPS needs calibration inputs for {self.name}, but none were recorded.")

@@ -58,6 +58,16 @@ class LayerPruner:
     def free(self) -> None:
         """Drop accumulated statistics."""
 
+    def input_hessian(self) -> torch.Tensor | None:
+        """The layer's accumulated XᵀX (any positive multiple), for pruners that keep one: GPTQ after this
+        pruner reuses it instead of collecting it again."""
+        return None
+
+    def fallback(self) -> "LayerPruner":
+        """What prunes this matrix when no calibration input reached it (an expert no token was routed to):
+        magnitude pruning, found through the registry."""
+        return get_pruner_class("magnitude")(self.name)
+
 
 PRUNERS: dict[str, type[LayerPruner]] = {}
 

@@ -27,6 +27,18 @@ class CheckpointWriter:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     quant_method: ClassVar[str | None] = None
+    stores_integers: ClassVar[bool] = False  # True: holds quantised (bits=...) weights as integers
+
+    def check_config(self, config: Any) -> None:
+        """Refuse, before the model loads, run options whose result this format cannot hold."""
+        if getattr(config, "bits", None) is not None and not self.stores_integers:
+            raise CheckpointError(
+                f"bits={config.bits:g} quantises the weights and format {self.name!r} would store them as floats; "
+                "use format 'compressed-tensors' (--format compressed-tensors)."
+            )
+
+    def check_model(self, model: Any, config: Any) -> None:
+        """Refuse, after loading and before pruning, a model whose pruned matrices this format cannot hold."""
 
     def __init__(self, **options: Any) -> None:
         """``options``: the format's own save options (``save_pretrained(..., gguf_type=...)``); none by default."""
@@ -36,7 +48,16 @@ class CheckpointWriter:
             )
 
     def check_request(self, model: Any = None, metadata: dict[str, Any] | None = None) -> None:
-        """Refuse, before any slow work, a model or run this format cannot hold (one line naming the fix)."""
+        """Refuse, before any file is written, a model this format cannot hold (one line naming the fix)."""
+        from ...quantization.state import recorded_grids
+
+        grids = recorded_grids(model) if model is not None else {}
+        if grids and not self.stores_integers:
+            widths = "/".join(str(b) for b in sorted({grid.spec.bits for grid in grids.values()}))
+            raise CheckpointError(
+                f"this model's block weights are quantised ({widths}-bit) and format {self.name!r} would store "
+                "them as floats; save with format='compressed-tensors'."
+            )
 
     def write(self, model: Any, folder: Path, *, max_shard_size: str | int, data: dict[str, Any],
               tokenizer: Any = None) -> dict | None:
