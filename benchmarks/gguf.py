@@ -65,6 +65,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-llama-cpp", action="store_true", help="no llama.cpp columns (sizes, hf ppl)")
+    parser.add_argument("--hf-ppl", nargs="*", default=None, metavar="VARIANT",
+                        help="variants whose transformers perplexity is computed (default: all; it is the slow part)")
     parser.add_argument("--output-dir", type=Path, default=None, help="keep the .gguf files (and rows.json) here")
     parser.add_argument("--reuse", action="store_true",
                         help="take the files and their sizes/hf ppl from --output-dir (an earlier --skip-llama-cpp "
@@ -79,7 +81,7 @@ class Row:
     arch: str
     file_mib: float
     block_bits: float
-    ppl_hf: float
+    ppl_hf: float | None
     ppl_cpp: float | None = None
     speeds: dict[int, tuple[list[float], list[float]]] | None = None  # threads -> (pp runs, tg runs)
 
@@ -155,6 +157,7 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
     folder = args.output_dir or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     rows, paths, models, notes = [], {}, {}, []
+    loads: list[float] = []
     for name in args.variants:
         kind, gguf_type = VARIANTS[name]
         if kind not in models:
@@ -166,17 +169,35 @@ def main(argv: Sequence[str] | None = None, model_factory: ModelFactory | None =
         summary = write_gguf(model, path, tokenizer=base.tokenizer, gguf_type=gguf_type, overwrite=True,
                              show_progress=False)
         paths[name] = path
+        wanted = args.hf_ppl is None or name in args.hf_ppl
         rows.append(Row(name, gguf_type, summary.arch, summary.file_bytes / 2**20, summary.block_bits,
-                        hf_perplexity(model, gguf_type, windows), speeds={}))
-        print(f"{name}: {summary.describe()}; hf ppl {rows[-1].ppl_hf:.3f}", flush=True)
+                        hf_perplexity(model, gguf_type, windows) if wanted else None, speeds={}))
+        print(f"{name}: {summary.describe()}; hf ppl {rows[-1].ppl_hf}", flush=True)
+        if not args.skip_llama_cpp:  # measured now, so that a run cut short still has its first rows
+            measure(rows[-1], path, windows.tolist(), stream[: args.prompt + args.generate].tolist(), args, loads)
+            (folder / "partial.md").write_text(report(rows, args, argv, loads, notes, time.perf_counter() - start))
     state = {"rows": [dataclasses.asdict(r) for r in rows], "paths": {k: str(v) for k, v in paths.items()},
              "windows": windows.tolist(), "tokens": stream[: args.prompt + args.generate].tolist(), "notes": notes}
     (folder / "rows.json").write_text(json.dumps(state))
-    if args.skip_llama_cpp:
-        text = report(rows, args, argv, [], notes, time.perf_counter() - start)
-        print(text, flush=True)
-        return text
-    return run_llama_cpp(args, argv, start, folder)
+    text = report(rows, args, argv, loads, notes, time.perf_counter() - start)
+    print(text, flush=True)
+    return text
+
+
+def measure(row: Row, path: Path, windows: list[list[int]], tokens: list[int], args: argparse.Namespace,
+            loads: list[float]) -> None:
+    """llama.cpp's perplexity and speeds of one file (repeats interleaved across thread counts)."""
+    from optimum_alpha.gguf import llama_cpp
+
+    row.ppl_cpp = llama_cpp.perplexity(path, windows, threads=max(args.threads))
+    for _ in range(args.repeats):
+        for threads in args.threads:
+            pp, tg = llama_cpp.speed(path, tokens, prompt=args.prompt, generate=args.generate, threads=threads)
+            row.speeds.setdefault(threads, ([], []))
+            row.speeds[threads][0].append(pp)
+            row.speeds[threads][1].append(tg)
+            loads.append(load_average())
+    print(f"{row.name}: llama.cpp ppl {row.ppl_cpp:.3f}, speeds {row.speeds}", flush=True)
 
 
 def run_llama_cpp(args: argparse.Namespace, argv: Sequence[str] | None, start: float,
@@ -211,7 +232,7 @@ def report(rows: list[Row], args: argparse.Namespace, argv: Sequence[str] | None
         headers += [f"pp{args.prompt} tok/s {threads}t", f"tg{args.generate} tok/s {threads}t"]
     table = []
     for row in rows:
-        diff = None if row.ppl_cpp is None else f"{100 * (row.ppl_cpp / row.ppl_hf - 1):+.2f}"
+        diff = None if None in (row.ppl_cpp, row.ppl_hf) else f"{100 * (row.ppl_cpp / row.ppl_hf - 1):+.2f}"
         cells: list[Any] = [row.name, row.gguf_type, row.arch, row.file_mib, f"{row.block_bits:.3f}",
                             row.ppl_cpp, row.ppl_hf, diff]
         for threads in args.threads:

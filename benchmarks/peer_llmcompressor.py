@@ -171,8 +171,15 @@ def dense_folder(workdir: str | Path) -> Path:
     folder = Path(workdir) / "smollm2-135m-dense"
     if not (folder / "config.json").is_file():
         gguf = smollm2_gguf()
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # transformers will not save a GGUF-loaded model (its weights are already dequantised floats): copy
+        # them into a plain model built from the same config without the gguf quantization entry.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
         staging = folder.with_name(folder.name + ".partial")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -244,34 +251,48 @@ class PeerRow:
     notes: list[str] = field(default_factory=list)
 
 
-def run_pipeline(folder: Path, kind: str, quantise: bool, sparsity: float, scheme: str, group_size: int | None,
-                 ids: torch.Tensor,
-                 windows: torch.Tensor, cached: dict[str, Any]) -> PeerRow:
-    """Prune (or reuse the cached pruning stage of the same kind), then GPTQ if asked; evaluate each stage."""
+def pruned_stage(folder: Path, workdir: Path, kind: str, sparsity: float, ids: torch.Tensor,
+                 windows: torch.Tensor) -> dict[str, Any]:
+    """The pruning stage of ``kind``: its block weights kept on disk (two model copies in memory do not fit a
+    busy 24 GB machine), its sparsity, perplexity and times; reused from ``workdir`` when already done."""
+    weights_file, summary_file = workdir / f"pruned-{kind}-{sparsity:g}.pt", workdir / f"pruned-{kind}-{sparsity:g}.json"
+    if weights_file.is_file() and summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        return {**summary, "timing": Timing(**summary["timing"]), "weights_file": weights_file}
+    model, tokenizer = load_folder(folder)
+    timing = run_stage(model, tokenizer, pruning_modifier(kind, sparsity), ids)
+    weights = block_linear_weights(model)
+    start = time.perf_counter()
+    summary = {"sparsity": zero_share(weights), "perplexity": window_perplexity(model, windows),
+               "eval_s": 0.0, "timing": asdict(timing)}
+    summary["eval_s"] = time.perf_counter() - start
+    torch.save({name: weight.detach().clone() for name, weight in weights.items()}, weights_file)
+    summary_file.write_text(json.dumps(summary))
+    print(f"run: {kind} stage: sparsity {summary['sparsity']:.4f} ppl {summary['perplexity']:.3f} "
+          f"({timing.wall_s:.0f} s wall, load {load_average()})", flush=True)
+    return {**summary, "timing": timing, "weights_file": weights_file}
+
+
+def run_pipeline(folder: Path, workdir: Path, kind: str, quantise: bool, sparsity: float, scheme: str,
+                 group_size: int | None, ids: torch.Tensor, windows: torch.Tensor) -> PeerRow:
+    """Prune (or reuse the pruning stage of the same kind), then GPTQ if asked; evaluate each stage."""
     name = f"{kind}+gptq" if quantise else kind
-    key = f"pruned:{kind}"
-    if key not in cached:
-        model, tokenizer = load_folder(folder)
-        prune_timing = run_stage(model, tokenizer, pruning_modifier(kind, sparsity), ids)
-        weights = block_linear_weights(model)
-        start = time.perf_counter()
-        ppl_pruned = window_perplexity(model, windows)
-        cached[key] = {"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                       "masks": zero_masks(weights), "sparsity": zero_share(weights), "timing": prune_timing,
-                       "perplexity": ppl_pruned, "eval_s": time.perf_counter() - start}
-        print(f"run: {kind} stage: sparsity {cached[key]['sparsity']:.4f} ppl {ppl_pruned:.3f} "
-              f"({prune_timing.wall_s:.0f} s wall, load {load_average()})", flush=True)
-    stage = cached[key]
+    stage = pruned_stage(folder, workdir, kind, sparsity, ids, windows)
+    pruned_weights = torch.load(stage["weights_file"])
+    masks = zero_masks(pruned_weights)
     if not quantise:
-        pruned = sum(int(mask.sum()) for mask in stage["masks"].values())  # nothing after it: all kept
+        pruned = sum(int(mask.sum()) for mask in masks.values())  # nothing after it: all kept
         return PeerRow(name, stage["sparsity"], stage["sparsity"], pruned, pruned, 1.0, None, None,
                        stage["perplexity"], stage["perplexity"], stage["timing"], None, stage["eval_s"],
                        ["float weights: the pruning stage alone"])
     model, tokenizer = load_folder(folder)
-    model.load_state_dict(stage["state"])
+    with torch.no_grad():
+        for param_name, weight in block_linear_weights(model).items():
+            weight.copy_(pruned_weights[param_name])
+    del pruned_weights
     quant_timing = run_stage(model, tokenizer, gptq_modifier(scheme, group_size), ids)
     weights = block_linear_weights(model)
-    survival = zero_survival(stage["masks"], weights)
+    survival = zero_survival(masks, weights)
     start = time.perf_counter()
     ppl = window_perplexity(model, windows)
     eval_s = time.perf_counter() - start
@@ -283,17 +304,19 @@ def run_pipeline(folder: Path, kind: str, quantise: bool, sparsity: float, schem
     return row
 
 
-def markdown(rows: Sequence[PeerRow], dense: float) -> str:
+def markdown(rows: Sequence[Mapping[str, Any]], dense: float) -> str:
+    """The peer table from the JSON rows (``asdict(PeerRow)``)."""
     head = ("| pipeline (llm-compressor 0.14) | zeros after pruning | zeros after GPTQ | pruned zeros kept | "
             "ppl after pruning | ppl final | prune wall / CPU s | GPTQ wall / CPU s |")
-    lines = [head, "|" + "---|" * 8, f"| dense | 0 | - | - | {dense:.3f} | {dense:.3f} | - | - |"]
+    lines = [head, "|" + "---|" * 8, f"| dense | - | - | - | {dense:.3f} | {dense:.3f} | - | - |"]
     for r in rows:
-        gptq = f"{r.quantise.wall_s:.0f} / {r.quantise.cpu_s:.0f}" if r.quantise else "-"
-        kept = f"{100 * r.zeros_kept_share:.2f} %" if r.quantise else "(no GPTQ)"
-        after = f"{100 * r.sparsity_final:.2f} %" if r.quantise else "-"
-        lines.append(f"| {r.pipeline} | {100 * r.sparsity_after_prune:.2f} % | {after} | {kept} | "
-                     f"{r.perplexity_after_prune:.3f} | {r.perplexity:.3f} | "
-                     f"{r.prune.wall_s:.0f} / {r.prune.cpu_s:.0f} | {gptq} |")
+        quantised = r["quantise"] is not None
+        gptq = f"{r['quantise']['wall_s']:.0f} / {r['quantise']['cpu_s']:.0f}" if quantised else "-"
+        kept = f"{100 * r['zeros_kept_share']:.2f} %" if quantised else "(no GPTQ)"
+        after = f"{100 * r['sparsity_final']:.2f} %" if quantised else "-"
+        lines.append(f"| {r['pipeline']} | {100 * r['sparsity_after_prune']:.2f} % | {after} | {kept} | "
+                     f"{r['perplexity_after_prune']:.3f} | {r['perplexity']:.3f} | "
+                     f"{r['prune']['wall_s']:.0f} / {r['prune']['cpu_s']:.0f} | {gptq} |")
     return "\n".join(lines)
 
 
@@ -319,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--group-size", type=int, default=64,
                         help="replaces the preset's group size (0: keep it; W4A16's 128 is refused for SmolLM2)")
     parser.add_argument("--workdir", default="peer_work", help="where the dense model folder is converted once")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --json")
     parser.add_argument("--model-folder", help="a model folder to use instead of the shipped SmolLM2 GGUF")
     args = parser.parse_args(argv)
 
@@ -328,37 +352,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"protocol: {protocol}; load {load_average()}", flush=True)
 
     folder = Path(args.model_folder) if args.model_folder else dense_folder(args.workdir)
+    earlier: dict[str, Any] = {}
+    if args.resume and Path(args.json).is_file():  # an earlier (stopped) run with the same protocol
+        earlier = json.loads(Path(args.json).read_text())
+        if earlier.get("protocol") != protocol:
+            earlier = {}
+    dense_info = earlier.get("dense") or dense_check(folder, windows, protocol, saved.get("dense_perplexity"))
+    done = {row["pipeline"]: row for row in earlier.get("rows", [])}
+    result = {"date": earlier.get("date", started), "protocol": protocol, "versions": versions(),
+              "scheme": args.scheme, "group_size": args.group_size or "preset", "sparsity": args.sparsity,
+              "dense": dense_info, "rows": [], "command": " ".join(sys.argv)}
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in args.pipelines:
+        kind, _, quant = name.partition("+")
+        row = done.get(name) or asdict(run_pipeline(folder, workdir, kind, bool(quant), args.sparsity, args.scheme,
+                                                    args.group_size or None, ids, windows))
+        result["rows"].append(row)
+        result.update(machine=machine(), load_average_end=load_average())
+        Path(args.json).write_text(json.dumps(result, indent=2))  # after every row: a stopped run keeps its rows
+    print(markdown(result["rows"], dense_info["perplexity"]), flush=True)
+    return result
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+
+
+def dense_check(folder: Path, windows: torch.Tensor, protocol: Mapping[str, Any], ours: float | None) -> dict:
+    """The dense model's perplexity here, beside the project venv's, and whether this venv's tokenizer cuts the
+    same evaluation windows as the file holds."""
     model, tokenizer = load_folder(folder)
     own = evaluation_windows(tokenizer, read_rows(), protocol["eval_seqlen"], protocol["max_windows"])
     tokens_agree = bool(own.shape == windows.shape and torch.equal(own, windows))
-    with timed() as dense_timing:
+    with timed() as timing:
         dense = window_perplexity(model, windows)
-    ours = saved.get("dense_perplexity")
     print(f"dense: ppl {dense:.4f} here, {ours} in the project venv (|diff| "
           f"{abs(dense - ours) if ours else float('nan'):.2e}); own tokenization equals the file's: "
-          f"{tokens_agree} ({dense_timing.wall_s:.0f} s)", flush=True)
-    del model
-
-    cached: dict[str, Any] = {}
-    rows = []
-    for name in args.pipelines:
-        kind, _, quant = name.partition("+")
-        rows.append(run_pipeline(folder, kind, bool(quant), args.sparsity, args.scheme,
-                                   args.group_size or None, ids, windows, cached))
-        result = {
-            "date": started, "protocol": protocol, "versions": versions(), "scheme": args.scheme,
-            "group_size": args.group_size or "preset", "sparsity": args.sparsity,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                       f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-            "load_average_end": load_average(),
-            "dense": {"perplexity": dense, "perplexity_project_venv": ours, "tokens_agree": tokens_agree,
-                      "eval_s": dense_timing.wall_s},
-            "rows": [asdict(r) for r in rows], "command": " ".join(sys.argv),
-        }
-        Path(args.json).write_text(json.dumps(result, indent=2))  # after every row: a stopped run keeps its rows
-    table = markdown(rows, dense)
-    print(table, flush=True)
-    return result
+          f"{tokens_agree} ({timing.wall_s:.0f} s)", flush=True)
+    return {"perplexity": dense, "perplexity_project_venv": ours, "tokens_agree": tokens_agree,
+            "eval_s": timing.wall_s}
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ from types import ModuleType
 from typing import Any
 
 REGISTRY = "transformers.quantizers.auto"
-# Each registers its quant_method through checkpoint/hf_registration.register_method when imported.
+# Each quantizer registers its quant_method through checkpoint/hf_registration.register_method when imported;
+# load_check wraps transformers' loading report (it must be in place before modeling_utils binds it).
 PLUGIN_MODULES = (
     "optimum_alpha.checkpoint.quantizer",  # alpha_sparse: bitmask checkpoints
     "optimum_alpha.structured.checkpoint",  # alpha_width: blocks of different widths
     "optimum_alpha.checkpoint.prune_on_load",  # alpha_pruning: prune inside from_pretrained
+    "optimum_alpha.checkpoint.load_check",  # a folder of ours with a missing weight is refused after loading
 )
 
 

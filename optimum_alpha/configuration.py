@@ -72,26 +72,71 @@ def _describe(value: Any) -> str:
     return f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
 
 
+_KINDS = {bool: "true or false (bool)", int: "a whole number (int)", float: "a number (float)", str: "a string"}
+_PLURALS = {bool: "booleans", int: "whole numbers", float: "numbers", str: "strings"}
+
+
+def _kind(annotation: Any) -> str:
+    """How a declared type is named in an error message."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        return "a list of " + _PLURALS.get(element, "values")
+    return _KINDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _same_kind(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` is of the declared type's kind (a float NaN is of kind float)."""
+    if annotation in (int, float):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation) or annotation
+    return isinstance(origin, type) and isinstance(value, origin)
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """``value`` checked against a field's declared type (bool/int/float/str, optionally ``| None``).
+    """``value`` checked against a field's declared type: bool/int/float/str, ``list[T]``/``tuple[T, ...]``,
+    or a union of them (optionally ``| None``).
 
     Numbers must be real numbers, finite, and whole for ``int`` fields (``64.0`` becomes ``64``); strings
     are never parsed into numbers, so ``"0.5"`` from a hand-written JSON file is refused with a message
-    rather than failing later inside ``prune()``.
+    rather than failing later inside ``prune()``. A list field takes a list (or tuple) of its element type,
+    and a list of strings also one string (``ignore="re:.*gate"``).
     """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        if value is None and len(options) < len(typing.get_args(annotation)):
+        args = typing.get_args(annotation)
+        options = [arg for arg in args if arg is not type(None)]
+        if value is None and len(options) < len(args):
             return None
-        if len(options) != 1:
+        if len(options) == 1:
+            return _coerce(name, value, options[0])
+        if Any in options:
             return value
-        annotation = options[0]
+        closest = None
+        for option in options:  # the first declared type that accepts the value
+            try:
+                return _coerce(name, value, option)
+            except ConfigError as error:
+                if _same_kind(value, option):  # a value of that type, refused for its value (nan, 2.5)
+                    closest = closest or error
+        raise closest or ConfigError(
+            f"{name} must be {' or '.join(_kind(o) for o in options)}, got {_describe(value)}.")
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        if isinstance(value, str) and element is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            example = f"; write [{value.strip()}]" if isinstance(value, str) and _is_number(value) else ""
+            raise ConfigError(f"{name} must be {_kind(annotation)}, got {_describe(value)}{example}.")
+        items = [value_ if element is Any else _coerce(f"{name}[{i}]", value_, element)
+                 for i, value_ in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false (bool), got {_describe(value)}.")
         return value
     if annotation in (int, float):
-        kind = "a whole number (int)" if annotation is int else "a number (float)"
+        kind = _KINDS[annotation]
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             hint = f"; write {value.strip()} without quotes" if isinstance(value, str) and _is_number(value) else ""
             raise ConfigError(f"{name} must be {kind}, got {_describe(value)}{hint}.")

@@ -27,6 +27,10 @@ SHIPPED_DATASETS = {
     "wikitext2-validation": "wikitext2_validation.jsonl",
 }
 TEXT_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
+ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark some editors write
+# A calibration window is drawn from a document's first DOCUMENT_CHARS characters: tokenizing a huge single
+# line (a whole dump on one row) would otherwise stall for minutes to produce one window.
+DOCUMENT_CHARS = 1_000_000
 
 
 def shipped_path(name: str) -> Path:
@@ -52,7 +56,7 @@ def _text_rows(rows: Any, path: Any) -> list[str]:
 
 
 def _read_json_rows(path: Path) -> list[str]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding=ENCODING))
     if isinstance(data, dict):  # {"text": "one document"}, {"text": [...]} or {"data": [...]}
         if isinstance(data.get("text"), str):
             return [data["text"]]
@@ -82,9 +86,9 @@ def _read_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
-            return [path.read_text(encoding="utf-8")]
+            return [path.read_text(encoding=ENCODING)]
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as handle:
+            with path.open(encoding=ENCODING) as handle:
                 return _text_rows([json.loads(line) for line in handle if line.strip()], path)
         if suffix == ".json":
             return _read_json_rows(path)
@@ -94,6 +98,11 @@ def _read_file(path: Path) -> list[str]:
         raise CalibrationDataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8.") from err
     except json.JSONDecodeError as err:
         raise CalibrationDataError(f"{path} is not valid JSON ({err}).") from err
+    except RecursionError as err:
+        raise CalibrationDataError(
+            f"{path} nests JSON arrays or objects too deeply to read; a row is a string or an object with a "
+            "string 'text'."
+        ) from err
     except OSError as err:
         raise CalibrationDataError(f"{path} cannot be read ({err}).") from err
     raise CalibrationDataError(
@@ -174,7 +183,7 @@ def _document_windows(tokenizer, rows: list[str], count: int, seqlen: int,
         if len(windows) == count:
             break
         visited += 1
-        doc = tokenizer(row, return_tensors="pt", add_special_tokens=False).input_ids[0]
+        doc = tokenizer(row[:DOCUMENT_CHARS], return_tensors="pt", add_special_tokens=False).input_ids[0]
         if doc.numel() > seqlen:
             offset = rng.randint(0, doc.numel() - seqlen - 1)
             windows.append(doc[offset : offset + seqlen])
@@ -185,8 +194,26 @@ def _joined_windows(tokenizer, rows: list[str], count: int, seqlen: int) -> torc
     """Rows joined with blank lines, tokenized once and cut into consecutive (disjoint) windows."""
     if not rows:
         return torch.empty(0, seqlen, dtype=torch.long)
-    ids = tokenizer("\n\n".join(rows), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = _leading_tokens(tokenizer, "\n\n".join(rows), count * seqlen)
     return ids[: (ids.numel() // seqlen) * seqlen].reshape(-1, seqlen)[:count].clone()
+
+
+def _leading_tokens(tokenizer, text: str, needed: int) -> torch.Tensor:
+    """The tokens of ``text``, or at least its first ``needed`` ones: a growing prefix is tokenized (from
+    DOCUMENT_CHARS characters, doubling) so a huge source costs what the windows need. The last tokens of a
+    prefix (a word cut in two) are dropped; those before are the tokens of the whole text."""
+    chars = max(DOCUMENT_CHARS, needed * 8)
+    while True:
+        whole = chars >= len(text)
+        ids = tokenizer(text if whole else text[:chars], return_tensors="pt", add_special_tokens=False).input_ids[0]
+        if whole:
+            return ids
+        if ids.numel() >= needed + _PREFIX_MARGIN:
+            return ids[: ids.numel() - _PREFIX_MARGIN]
+        chars *= 2
+
+
+_PREFIX_MARGIN = 64  # tokens dropped at the end of a tokenized prefix
 
 
 def _too_short(label: str, available: int, wanted: int, heldout: int, seqlen: int) -> CalibrationDataError:

@@ -19,7 +19,9 @@ import torch
 from .configuration import AlphaPruningConfig
 from .data import sample_calibration
 from .evaluate import window_perplexity
+from .interrupts import hold_interrupts
 from .model_utils import max_positions
+from .report import PruningReport
 from .state import ModelState
 
 PruneOnce = Callable[[ModelState, AlphaPruningConfig, bool], tuple[Any, Any]]
@@ -66,29 +68,48 @@ def search_on_heldout(state: ModelState, config: AlphaPruningConfig, field: str,
             score = window_perplexity(state.model, sample.heldout)
             scores.append(score if math.isfinite(score) else math.inf)
             logger.info("%s=auto: %.4g -> held-out perplexity %.3f", field, value, score)
-            restore_weights(state, config, snapshot)
+            with hold_interrupts():  # a Ctrl-C lands once the dense weights are back
+                restore_weights(state, config, snapshot)
     except BaseException:
-        restore_weights(state, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
+        with hold_interrupts(deliver=False):  # the exception is already on its way; restore whole
+            restore_weights(state, config, snapshot)  # an interrupted sweep leaves the dense model, not a trial
+            # The trial's report described weights that are gone: the model is dense, nothing is pruned.
+            state.last_report = interrupted_report(config, grid, sample, scores, field)
         raise
     best = min(range(len(scores)), key=scores.__getitem__)
     chosen = grid[best]
     logger.info("%s=auto: chose %.4g of %s", field, chosen, list(grid))
-    model, report = prune_once(state, replace(base, **{field: chosen}), show_progress)
+    search = describe_search(grid, sample, scores, chosen, field)
+    try:
+        model, report = prune_once(state, replace(base, **{field: chosen}), show_progress)
+    except BaseException:  # the final prune's partial report (blocks 0..k-1) stands; it also records the sweep
+        if state.last_report is not None:
+            state.last_report.epsilon_search = search
+        raise
     report.config = {**report.config, field: getattr(config, field), "nsamples": config.nsamples}
-    report.epsilon_search = describe_search(grid, sample, scores, chosen, field)
+    report.epsilon_search = search
     return model, report
 
 
-def describe_search(grid: tuple[float, ...], sample: Any, scores: list[float], chosen: float,
+def interrupted_report(config: AlphaPruningConfig, grid: tuple[float, ...], sample: Any, scores: list[float],
+                       parameter: str = "epsilon") -> PruningReport:
+    """The report after a sweep stopped during its trials: no block pruned, not completed, the scores so far."""
+    return PruningReport(config=config.to_dict(), completed=False,
+                         epsilon_search=describe_search(grid, sample, scores, None, parameter))
+
+
+def describe_search(grid: tuple[float, ...], sample: Any, scores: list[float], chosen: float | None,
                     parameter: str = "epsilon") -> dict:
-    """The sweep as the report, ``alpha_pruning.json`` and the model card record it."""
+    """The sweep as the report, ``alpha_pruning.json`` and the model card record it (``chosen`` None and
+    ``completed`` False: the sweep was interrupted)."""
     return {
         "parameter": parameter,
         "grid": list(grid),
-        "heldout_perplexity": scores,
+        "heldout_perplexity": list(scores),
         "chosen": chosen,
         "heldout_windows": int(sample.heldout.shape[0]),
         "heldout_seqlen": int(sample.heldout.shape[1]),
         "heldout_source": sample.source,
         "prunes": len(grid) + 1,
+        "completed": chosen is not None,
     }

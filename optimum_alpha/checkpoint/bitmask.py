@@ -119,6 +119,13 @@ def decompress(
     dims = [int(d) for d in (shape.tolist() if isinstance(shape, torch.Tensor) else shape)]
     if len(dims) not in (2, 3):
         raise ValueError(f"bitmask shape must have 2 or 3 dimensions, got {dims}")
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"the stored dense shape {dims} has a dimension that is not positive")
+    if bitmask.dtype != torch.uint8:
+        raise ValueError(f"the bitmask is stored as {str(bitmask.dtype).removeprefix('torch.')}, not uint8")
+    if compressed.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the kept values are stored as {str(compressed.dtype).removeprefix('torch.')}, "
+                         f"not one of {', '.join(str(d).removeprefix('torch.') for d in SUPPORTED_DTYPES)}")
     cols = dims[-1]
     rows = dims[0] * dims[1] if len(dims) == 3 else dims[0]
     if tuple(bitmask.shape) != (rows, (cols + 7) // 8):

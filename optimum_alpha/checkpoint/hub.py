@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import CheckpointError
 
@@ -21,6 +22,46 @@ def _network_errors() -> tuple[type[BaseException], ...]:
             continue
         found.append(error.RequestException if module == "requests" else error)
     return tuple(found)
+
+
+STALL_TIMEOUT_S = 60.0  # seconds an upload may go without the Hub sending or accepting a byte
+
+
+def retry_command(folder: Path, repo_id: str, private: bool | None = None) -> str:
+    """The command that pushes the saved folder again."""
+    return f"optimum-cli alpha-prune push {folder} {repo_id}" + (" --private" if private else "")
+
+
+def _timeout_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [TimeoutError]
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(getattr(__import__(module), "TimeoutException"))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+@contextlib.contextmanager
+def stall_timeout(seconds: float) -> Iterator[None]:
+    """huggingface_hub's HTTP client waits forever by default (``timeout=None``): inside the block its shared
+    client gives up when a connection, a read or a write makes no progress for ``seconds``. A stall time-out,
+    not a limit on the whole upload, so a slow but moving upload of a large model is never cut. The previous
+    client factory is put back afterwards."""
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
+
+    def factory() -> Any:
+        client = previous()
+        client.timeout = type(client.timeout)(seconds)
+        return client
+
+    _http.set_client_factory(factory)
+    try:
+        yield
+    finally:
+        _http.set_client_factory(previous)
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -80,23 +121,27 @@ def push_folder_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
     api: Any = None,
+    timeout: float = STALL_TIMEOUT_S,
 ) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` as one commit; returns the repo URL.
 
     ``api`` is an ``HfApi`` (or a stand-in with the same two methods); by default one is built with
-    ``token``. Errors from the Hub become :class:`CheckpointError` with the fix in the message. Under
-    torchrun only rank 0 pushes; the other ranks wait for it and share its failure.
+    ``token``. Errors from the Hub become :class:`CheckpointError` with the fix in the message. A Hub that
+    accepts or sends nothing for ``timeout`` seconds (a stalled endpoint) ends the push with an error that
+    gives the command to push again. Under torchrun only rank 0 pushes; the other ranks wait for it and share
+    its failure.
     """
     from ..distributed import current as current_parallel
 
     url = current_parallel().on_main(
-        lambda: _push_here(folder, repo_id, private=private, token=token, commit_message=commit_message, api=api),
+        lambda: _push_here(folder, repo_id, private=private, token=token, commit_message=commit_message, api=api,
+                           timeout=timeout),
         f"pushing to {repo_id}")
     return url if url is not None else f"https://huggingface.co/{repo_id}"
 
 
 def _push_here(folder: str | os.PathLike, repo_id: str, *, private: bool | None, token: str | None,
-               commit_message: str | None, api: Any) -> str:
+               commit_message: str | None, api: Any, timeout: float = STALL_TIMEOUT_S) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
@@ -110,10 +155,16 @@ def _push_here(folder: str | os.PathLike, repo_id: str, *, private: bool | None,
     hub = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload pruned model ({path.name}) with optimum-alpha"
     try:
-        repo_url = hub.create_repo(repo_id, repo_type="model", private=private, token=token, exist_ok=True)
-        hub.upload_folder(
-            repo_id=repo_id, folder_path=str(path), repo_type="model", commit_message=message, token=token
-        )
+        with stall_timeout(timeout):
+            repo_url = hub.create_repo(repo_id, repo_type="model", private=private, token=token, exist_ok=True)
+            hub.upload_folder(
+                repo_id=repo_id, folder_path=str(path), repo_type="model", commit_message=message, token=token
+            )
+    except _timeout_errors() as error:
+        raise CheckpointError(
+            f"pushing {repo_id} timed out: the Hub sent or accepted nothing for {timeout:g} s "
+            f"({type(error).__name__}); the folder {path} is kept, retry with: {retry_command(path, repo_id, private)}"
+        ) from error
     except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
         raise _explain(error, repo_id) from error
     except (OSError, *_network_errors()) as error:  # no connection, DNS, TLS, time-out

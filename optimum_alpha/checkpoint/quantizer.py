@@ -109,10 +109,12 @@ class AlphaSparseDecompress(ConversionOps):
                     return {full_layer_name: dense}
             sources = source_patterns or list(input_dict)
             output = _decompress_expert_lists(input_dict, sources)
-        except ValueError as error:
+        except (ValueError, TypeError, RuntimeError) as error:
             # transformers would only log a failed conversion and end with a generic RuntimeError: leave
-            # the weight unloaded instead and let _check_every_module_restored raise with this cause.
-            self.hf_quantizer.failures[str(full_layer_name)] = str(error)
+            # the weight unloaded instead and let _check_every_module_restored raise with this cause (torch
+            # raises TypeError/RuntimeError for tensors of the wrong dtype or shape).
+            self.hf_quantizer.failures[str(full_layer_name)] = str(error).splitlines()[0] if str(error) else (
+                type(error).__name__)
             return {}
         experts = sum(len(input_dict[p]) for p in sources if p.endswith(".compressed") and p in input_dict)
         self.hf_quantizer.record_restored(str(full_layer_name), experts)

@@ -200,6 +200,22 @@ def _write_folder(
     _apply_umask(folder)
 
 
+def check_written(staging: Path, target: Path) -> None:
+    """Read the finished staging folder back as a load would check it (config, index, every safetensors header
+    against its file size, the format's own verification): a filesystem that lost data without an error (a
+    full disk on some network or FUSE filesystems) fails the save instead of reporting success."""
+    from .verify import check_checkpoint_folder
+
+    if not (staging / "config.json").is_file():  # not a transformers folder (GGUF: its file is written atomically)
+        return
+    try:
+        check_checkpoint_folder(staging)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"saving to {target} failed: the written files do not read back ({error}); nothing was changed there"
+        ) from error
+
+
 def save_pruned(
     model: nn.Module,
     save_dir: str | os.PathLike,
@@ -255,6 +271,7 @@ def _save_here(model: nn.Module, save_dir: str | os.PathLike, *, tokenizer: Any,
                 model, staging, tokenizer=tokenizer, fmt=format, max_shard_size=max_shard_size, metadata=metadata,
                 writer_options=writer_options,
             )
+            check_written(staging, target)
             put_in_place(staging, target, overwrite)
         except BaseException as error:
             if staging is not None:

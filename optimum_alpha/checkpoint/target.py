@@ -25,9 +25,10 @@ import os
 import re
 import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import CheckpointError
 from ..interrupts import hold_interrupts
@@ -111,8 +112,14 @@ def check_save_target(target: Path, overwrite: bool | str) -> None:
     reason = _protected(target)
     if reason:
         raise CheckpointError(f"refusing to save into {target}: {reason}; pass a new sub-folder instead")
-    if not target.is_dir() or not _visible_entries(target):
-        return
+    try:
+        if not target.is_dir() or not _visible_entries(target):
+            return
+    except OSError as error:  # an existing folder this user may not list (or a parent it may not enter)
+        raise CheckpointError(
+            f"cannot read the save target {target} ({error.strerror or error}); choose a folder you can read and "
+            "write, or fix its permissions"
+        ) from error
     if not overwrite:
         raise CheckpointError(
             f"save target {target} already exists and is not empty; pass overwrite=True (CLI: --overwrite) "
@@ -136,6 +143,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_tree(path: Path) -> bool:
+    """Delete a folder of ours (a staging folder or the backup of an overwritten checkpoint), also where a
+    sub-folder lacks write permission (carried over from a read-only folder of the user's); True when gone.
+    What cannot be deleted (another user's files) is named in a warning rather than left in silence."""
+
+    def make_writable(function: Any, name: str, exc: Any) -> None:
+        # Listing a folder failed: the folder lacks rights; deleting an entry failed: its parent does.
+        folder = name if function in (os.scandir, os.open, os.listdir) else os.path.dirname(name)
+        os.chmod(folder, os.stat(folder).st_mode | stat.S_IRWXU)  # a folder we own: we may give ourselves rights
+        if os.path.isdir(name) and not os.path.islink(name):
+            shutil.rmtree(name)
+        else:
+            os.unlink(name)
+
+    try:
+        shutil.rmtree(path, onerror=make_writable)
+    except OSError as error:
+        if path.exists():
+            logger.warning("could not delete %s (%s); remove it by hand", path, error)
+            return False
+    return not path.exists()
+
+
 def sweep_leftovers(target: Path) -> None:
     """Remove the staging folders (and settle the backups) that killed saves of ``target`` left behind.
 
@@ -157,7 +187,7 @@ def sweep_leftovers(target: Path) -> None:
                 os.replace(path, target)
                 logger.warning("restored %s from the backup %s left by an interrupted save", target, name)
             else:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
         lock = where / LOCK_FILE
         if where == target and lock.is_file():
             try:
@@ -206,7 +236,7 @@ def make_staging(target: Path) -> Path:
 
 def discard_staging(staging: Path, target: Path) -> None:
     """Remove a staging folder after a failure (and our lock inside a mount point)."""
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging)
     if staging.parent == target:
         (target / LOCK_FILE).unlink(missing_ok=True)
 
@@ -283,7 +313,7 @@ def _swap_in(staging: Path, target: Path, overwrite: bool | str) -> None:
         except BaseException:
             os.rename(backup, target)
             raise
-        shutil.rmtree(backup, ignore_errors=True)
+        remove_tree(backup)
 
 
 def _move_in(staging: Path, target: Path, overwrite: bool | str) -> None:

@@ -83,6 +83,14 @@ def _tensor_names(path: Path) -> set[str]:
         raise CheckpointError(f"{path} is truncated or not a safetensors file ({error}); {_RESAVE}") from error
 
 
+def stored_tensor_names(folder: Path) -> set[str]:
+    """Every tensor name in the folder's safetensors files (headers only)."""
+    names: set[str] = set()
+    for path in _weight_files(folder):
+        names |= _tensor_names(path)
+    return names
+
+
 def check_checkpoint_folder(folder: Path) -> None:
     """Refuse a local model folder whose config, index, weight files or sparse layout is broken."""
     config = _read_json(folder / "config.json", "config")
@@ -99,11 +107,15 @@ def check_checkpoint_folder(folder: Path) -> None:
             f"{folder / 'config.json'} has a malformed quantization_config (an object with a 'quant_method' "
             f"is needed, got {quantization!r:.200}); {_RESAVE}"
         )
-    names: set[str] = set()
-    for path in _weight_files(folder):
-        names |= _tensor_names(path)
-    from .writers import writer_for_quant_method
+    names = stored_tensor_names(folder)
+    from .load_check import written_by_us
+    from .writers import get_writer, writer_for_quant_method, writer_names
 
     writer = writer_for_quant_method(quantization["quant_method"] if quantization is not None else None)
     if writer is not None:
         writer.verify(folder, quantization, names)
+    # A folder of ours names its format in alpha_pruning.json; that writer verifies it (the dense format has
+    # no quantization_config to find it by).
+    recorded = (written_by_us(folder) or {}).get("format")
+    if recorded in writer_names() and (writer is None or writer.name != recorded):
+        get_writer(recorded).verify(folder, quantization or {}, names)

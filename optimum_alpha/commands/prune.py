@@ -93,7 +93,16 @@ def resolve_config(args: argparse.Namespace):
     from ..configuration import AlphaPruningConfig
     from ..errors import ConfigError
 
-    values = AlphaPruningConfig.from_json_file(args.config).to_dict() if args.config is not None else {}
+    values = {}
+    if args.config is not None:
+        loaded = AlphaPruningConfig.from_json_file(args.config)
+        if loaded.tokenizer is not None:  # the command line calibrates with the model's own tokenizer
+            raise ConfigError(
+                f"--config {args.config} sets tokenizer={loaded.tokenizer!r}, which the command line does not use "
+                "(it calibrates with the model's own tokenizer); remove the key, or prune from Python with "
+                "AlphaPruner.from_pretrained(model, tokenizer=...)"
+            )
+        values = loaded.to_dict()
     values.update(given_values(args))
     values.pop("quant_method", None)
     config = AlphaPruningConfig.from_dict(values)
@@ -240,10 +249,14 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
     from ..checkpoint import push_folder_to_hub
     from ..errors import CheckpointError
 
+    from ..checkpoint.hub import retry_command
+
     try:
         return push_folder_to_hub(folder, repo, private=private or None)
     except CheckpointError as error:
-        retry = f"optimum-cli alpha-prune push {folder} {repo}" + (" --private" if private else "")
+        retry = retry_command(folder, repo, private)
+        if retry in str(error):  # a time-out already says how to push again
+            raise
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
 
 

@@ -8,7 +8,7 @@ Two ways to get the reference's distributions on the same windows:
 
 * :func:`kl_divergence` runs both models window by window (both in memory: ``eval --reference``).
 * :class:`DenseReference` keeps, before pruning, only each window's input to the output head (windows x
-  seqlen x hidden values, e.g. 23.6 MB for 20 windows x 512 tokens of SmolLM2-135M instead of 2 GB of
+  seqlen x hidden values, e.g. 23.5 MB for 20 windows x 512 tokens of SmolLM2-135M instead of 2 GB of
   logits) and recomputes the dense logits after pruning with that head, which pruning never touches (it
   lives outside the blocks). The capture checks on its first window that the head reproduces the model's
   logits exactly; models that transform logits after the head (soft-capping) are refused in one line.

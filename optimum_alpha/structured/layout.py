@@ -125,9 +125,13 @@ def _heads_kept(layout: BlockLayout, fraction: float, kv_groups: bool, head_spar
 
 
 def plan_block(layout: BlockLayout, fraction: float, index: int, prune_kv_groups: bool | None = None,
-               head_sparsity: float | None = None) -> WidthPlan:
+               head_sparsity: float | None = None, channel_multiple: int = 1) -> WidthPlan:
     """Remove ``fraction`` of the block's weights: heads first (about the same share of attention), then MLP
-    channels fill the rest exactly (to one channel). At least one head per kept group and one channel stay."""
+    channels fill the rest exactly (to one channel). At least one head per kept group and one channel stay.
+
+    ``channel_multiple`` (M of an N:M pattern applied after width pruning): the kept channels, which are
+    ``down_proj``'s inputs, are rounded to the nearest multiple of M (at least M), so that the pattern's
+    groups fit; the block then loses up to M/2 channels more or less than its share."""
     kv_groups = layout.group_size == 1 if prune_kv_groups is None else bool(prune_kv_groups)
     total = layout.params()
     budget = fraction * total
@@ -157,8 +161,10 @@ def plan_block(layout: BlockLayout, fraction: float, index: int, prune_kv_groups
             f"Removing {fraction:.3f} of block {index}'s weights would remove all its MLP channels; lower the "
             f"sparsity (at most {max_fraction(layout, kv_groups, head_sparsity):.3f} for this block)."
         )
-    return WidthPlan(BlockWidth(width.num_attention_heads, width.num_key_value_heads, intermediate - channels),
-                     kv_groups)
+    kept = intermediate - channels
+    if channel_multiple > 1 and intermediate % channel_multiple == 0:
+        kept = min(intermediate, max(channel_multiple, round(kept / channel_multiple) * channel_multiple))
+    return WidthPlan(BlockWidth(width.num_attention_heads, width.num_key_value_heads, kept), kv_groups)
 
 
 def max_fraction(layout: BlockLayout, kv_groups: bool, head_sparsity: float | None = None) -> float:

@@ -22,7 +22,7 @@ from ..distributed import current as current_parallel
 from ..configuration import AlphaPruningConfig
 from ..errors import ConfigError, ModelStructureError
 from ..interrupts import hold_interrupts
-from ..model_utils import check_finite
+from ..model_utils import check_block_parameters
 from ..pruning.masks import check_nm_columns
 from ..report import BlockReport, PruningReport
 from ..state import ModelState
@@ -113,13 +113,13 @@ def prune_widths(state: ModelState, config: AlphaPruningConfig, show_progress: b
             "Width pruning rebuilds the blocks' Linear layers, so the weights must be in memory; load the model "
             "without disk offload (device_map) for structure='width'."
         )
-    for index, block in enumerate(state.blocks):  # a NaN in block k fails before block 0 is touched
-        for name, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                check_finite(module.weight.data, f"{state.blocks_path}.{index}.{name}")
+    # A NaN/Inf in any parameter of block k (norms too: they feed the Gram matrices) fails before block 0.
+    check_block_parameters(state.blocks_path, state.blocks)
     bound = width_bound(layouts, config)
     fractions, scores = block_fractions(state, config, bound, show_progress)
-    plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity)
+    # An N:M pattern after width pruning needs down_proj's inputs (the kept channels) in whole groups of M.
+    multiple = config.nm_group if config.sparsifies_after_width and config.nm_group is not None else 1
+    plans = [plan_block(layout, fraction, i, config.prune_kv_groups, config.head_sparsity, multiple)
              for i, (layout, fraction) in enumerate(zip(layouts, fractions))]
     if config.sparsifies_after_width and config.nm_group is not None:
         _check_nm_after(plans, layouts, config.nm_group)
@@ -156,6 +156,14 @@ def prune_structured(state: ModelState, config: AlphaPruningConfig, show_progres
         return state.model, width_report
     stage = config.unstructured_stage()
     state.esd_report = None  # stale: the spectra of the smaller matrices drive the second allocation
-    model, report = prune_unstructured(state, stage, show_progress)
+    # Until the second stage reports its first block, the run is not complete: no unstructured block yet,
+    # the width stage's outcome kept.
+    state.last_report = PruningReport(config=stage.to_dict(), structured=width_report.structured)
+    try:
+        model, report = prune_unstructured(state, stage, show_progress)
+    except BaseException:
+        if state.last_report is not None:
+            state.last_report.structured = width_report.structured
+        raise
     report.structured = width_report.structured
     return model, report
