@@ -116,7 +116,8 @@ def test_smollm2_perplexity_in_llama_cpp_matches_transformers(tmp_path):
     from optimum_alpha.evaluate import window_perplexity
 
     pruner = AlphaPruner.from_pretrained("smollm2-135m", show_progress=False)
-    model = prune_half(pruner.model)
+    # the dense model: random 50 % zeros put its perplexity near 1e9, where 1 % says nothing
+    model = pruner.model
     write_gguf(model, tmp_path / "s.gguf", tokenizer=pruner.tokenizer, gguf_type="q8_0", show_progress=False)
     chunks = evaluation_tokens(pruner.tokenizer, "wikitext2")[:256].reshape(2, 128)  # the evaluation protocol's
     ppl_hf = window_perplexity(reference(model, "q8_0"), chunks)

@@ -191,6 +191,11 @@ def print_summary(report, config, ppl: dict[str, Any], output: Path, elapsed: fl
               f"sparsity over all block weights {report.block_weight_sparsity:.4f}")
     if report.uncalibrated:
         print(f"no calibration token reached {len(report.uncalibrated)} expert matrices; pruned by magnitude")
+    if report.quantization:
+        q = report.quantization
+        print(f"quantised ({q['method']}): {q['average_bits']:.3f} bits per weight on average (budget "
+              f"{q['bits_budget']:g}), {q['bits_per_weight_with_scales']:.3f} with scales; widths "
+              f"{', '.join(str(b) for b in sorted(set(q['bits'].values())))}")
     if report.calibration:
         cal = report.calibration
         print(f"calibration: {cal.get('source', cal['dataset'])}, {cal['nsamples']} windows x {cal['seqlen']} "
