@@ -7,9 +7,7 @@ stay instant; importing the package still teaches transformers our two ``quant_m
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from ._lazy import lazy_exports
 from ._registration import install as _install_registration
 
 __version__ = "0.1.0"
@@ -26,17 +24,7 @@ _EXPORTS = {
 _install_registration()
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'optimum_alpha' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = ["AlphaPruner", "AlphaPruningConfig", "RecoveryConfig", "__version__", "load_pruned", "recover",
            "save_pruned"]

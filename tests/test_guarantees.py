@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,14 +24,15 @@ from optimum_alpha.errors import CheckpointError
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 
-# A child process that saves a tiny Llama (seed from argv) to a folder; see each test for the mode.
+# A child process that saves a tiny Llama (seed from argv) to a folder; see each test for the mode. Every
+# handshake waits on files, never on the clock (the tests must pass on a loaded machine).
 CHILD = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from conftest import make_tiny_model
-    from optimum_alpha.checkpoint import save as save_module
+    from optimum_alpha.checkpoint import save as save_module, target as target_module
     from optimum_alpha.errors import CheckpointError
 
     mode, seed, target, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
@@ -42,8 +42,7 @@ CHILD = textwrap.dedent(
 
         def put_in_place(*args):
             (sync / f"ready-{{seed}}").touch()
-            deadline = time.time() + 60
-            while len(list(sync.glob("ready-*"))) < 2 and time.time() < deadline:
+            while not (sync / "go").exists():
                 time.sleep(0.005)
             return original(*args)
 
@@ -54,12 +53,29 @@ CHILD = textwrap.dedent(
             print(f"error: {{error}}", flush=True)
             sys.exit(2)
         print("saved", flush=True)
-    else:  # "loop": save over and over until killed
-        (sync / f"ready-{{seed}}").touch()
-        while True:
-            save_module.save_pruned(model, target, format=("dense", "sparse")[seed % 2], overwrite=True)
+    else:  # "<signal>@<point>": save once, then send the signal to itself at that point of a second save
+        name, point = mode.split("@")
+        save_module.save_pruned(model, target, format="dense")
+        def stop(*args, **kwargs):
+            os.kill(os.getpid(), getattr(signal, name))
+            time.sleep(1)  # SIGTERM is delivered (as KeyboardInterrupt) before the sleep ends
+            raise AssertionError(f"{{name}} did not stop the save")
+        if point == "written":  # every file is in the staging folder, nothing is in place yet
+            save_module.check_written = stop
+        else:  # "swapped": the new folder is in place, the old one is being removed
+            remove_tree = target_module.remove_tree
+            def remove_backup(path):
+                if ".old-" in Path(path).name:
+                    stop()
+                return remove_tree(path)
+            target_module.remove_tree = remove_backup
+        save_module.save_pruned(make_tiny_model("llama", seed=seed + 100, layers=1), target, format="dense",
+                                overwrite=True)
     """
 ).format(tests=str(TESTS))
+
+# Safety net only: how long a child may take before the test gives up (it never decides an outcome).
+CHILD_TIMEOUT = 900
 
 
 def start_child(*args: str, log: Path) -> subprocess.Popen:
@@ -93,7 +109,10 @@ def test_two_processes_saving_to_the_same_new_folder_one_wins_the_other_gets_an_
     children = {
         seed: start_child("race", str(seed), str(target), str(sync), log=sync / f"log-{seed}") for seed in (1, 2)
     }
-    results = {seed: (child.wait(timeout=120), child.stdout.read()) for seed, child in children.items()}
+    while len(list(sync.glob("ready-*"))) < 2 and all(child.poll() is None for child in children.values()):
+        time.sleep(0.01)
+    (sync / "go").touch()  # both are about to put their folder in place
+    results = {seed: (child.wait(timeout=CHILD_TIMEOUT), child.stdout.read()) for seed, child in children.items()}
     codes = sorted(code for code, _ in results.values())
     assert codes == [0, 2], {seed: (sync / f"log-{seed}").read_text()[-2000:] for seed in children}
     winner = next(seed for seed, (code, _) in results.items() if code == 0)
@@ -144,32 +163,24 @@ def test_forced_overwrite_keeps_every_file_a_checkpoint_did_not_write(tmp_path):
 # --- 13. kills at random points leave nothing that survives the next save -------------------------
 
 
-def test_killed_saves_leave_no_staging_folder_after_the_next_save(tmp_path):
-    """One process killed with SIGKILL, one stopped with SIGTERM, each at a random moment of a save loop."""
-    rng = random.Random(16)
-    sync = tmp_path / "sync"
+@pytest.mark.parametrize("mode", ["SIGKILL@written", "SIGKILL@swapped", "SIGTERM@written"])
+def test_killed_saves_leave_no_staging_folder_after_the_next_save(mode, tmp_path):
+    """A save killed (SIGKILL: no clean-up at all) or stopped (SIGTERM, as ``timeout`` and SLURM do) at a
+    fixed point: the folder on disk is always one whole checkpoint, and the next save leaves nothing behind."""
+    target, sync = tmp_path / "run" / "out", tmp_path / "sync"
     sync.mkdir()
-    signals = (signal.SIGKILL, signal.SIGTERM)
-    targets = [tmp_path / f"run{i}" / "out" for i in range(len(signals))]
-    children = [
-        start_child("loop", str(i), str(target), str(sync), log=tmp_path / f"log-{i}")
-        for i, target in enumerate(targets)
-    ]
-    deadline = time.time() + 120
-    while len(list(sync.glob("ready-*"))) < len(children) and time.time() < deadline:
-        time.sleep(0.05)
-    for child, sig in zip(children, signals):
-        time.sleep(rng.uniform(0.1, 0.6))
-        child.send_signal(sig)
-    for i, (child, sig, target) in enumerate(zip(children, signals, targets)):
-        code = child.wait(timeout=60)
-        if sig == signal.SIGTERM:  # like Ctrl-C inside a save (its staging folder is removed), else the default
-            assert code == -signal.SIGTERM or "KeyboardInterrupt" in (tmp_path / f"log-{i}").read_text()
-            assert leftovers(target.parent) == []
-        else:
-            assert code == -signal.SIGKILL
-        save_pruned(make_tiny_model("llama", seed=i, layers=1), target, overwrite=True, format="dense")
-        assert leftovers(target.parent) == [] and same_as_seed(target, i)
+    child = start_child(mode, "1", str(target), str(sync), log=tmp_path / "log")
+    code = child.wait(timeout=CHILD_TIMEOUT)
+    log = (tmp_path / "log").read_text()
+    if mode.startswith("SIGTERM"):  # like Ctrl-C inside a save: the staging folder is removed at once
+        assert code == 1 and "KeyboardInterrupt" in log and "did not stop" not in log, log[-3000:]
+        assert leftovers(target.parent) == [] and same_as_seed(target, 1)  # the first save, untouched
+    else:
+        assert code == -signal.SIGKILL, log[-3000:]
+        assert leftovers(target.parent) != []  # what SIGKILL leaves: the staging or the half-removed old folder
+        assert same_as_seed(target, 1 if mode.endswith("written") else 101)  # a whole checkpoint either way
+    save_pruned(make_tiny_model("llama", seed=2, layers=1), target, overwrite=True, format="dense")
+    assert leftovers(target.parent) == [] and same_as_seed(target, 2)
 
 
 def test_sweep_spares_live_saves_and_other_names(tmp_path):
@@ -644,15 +655,28 @@ def test_ctrl_c_while_the_old_folder_is_deleted_does_not_fail_the_finished_save(
 
 
 def test_ctrl_c_during_cli_start_up_exits_130_without_a_traceback(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    script = Path(sys.executable).parent / "optimum-alpha"
-    process = subprocess.Popen(  # Python's own Ctrl-C handler, even when the tests run with SIGINT ignored
-        [str(script), "eval", str(tmp_path / "no-model")], stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    """Ctrl-C while the command line imports torch and transformers (seconds): exit 130, one line. The
+    child interrupts itself the moment it starts importing the pipeline, so the test does not depend on how
+    fast the machine is."""
+    code = textwrap.dedent(
+        """
+        import importlib.abc, os, signal, sys
+        class InterruptOnImport(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "optimum_alpha.pruner":
+                    os.kill(os.getpid(), signal.SIGINT)
+                return None
+        sys.meta_path.insert(0, InterruptOnImport())
+        from optimum_alpha.commands.cli import main
+        sys.exit(main())
+        """
     )
-    time.sleep(0.8)  # inside `import optimum_alpha` (torch, transformers: seconds)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.run(  # Python's own Ctrl-C handler, even when the tests run with SIGINT ignored
+        [sys.executable, "-c", code, "eval", str(tmp_path / "no-model")], capture_output=True, text=True,
+        env=env, timeout=CHILD_TIMEOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    err = process.stderr
     assert process.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-3000:]
     assert "Traceback" not in err
 

@@ -4,6 +4,8 @@ count), and the facade stays a facade."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +116,14 @@ def test_every_module_is_in_the_test_map():
         if not listed:
             missing.append(name)
     assert not missing, f"add these modules to tests/README.md: {missing}"
+
+
+def test_lazy_exports_load_on_first_use_and_refuse_unknown_names():
+    code = ("import sys, optimum_alpha, optimum_alpha.checkpoint as c\n"
+            "before = 'optimum_alpha.checkpoint.save' in sys.modules\n"
+            "listed = 'save_pruned' in dir(c) and 'AlphaPruner' in dir(optimum_alpha)\n"
+            "c.save_pruned\n"
+            "print(before, listed, 'optimum_alpha.checkpoint.save' in sys.modules, 'save_pruned' in vars(c))\n"
+            "try:\n    c.nope\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["False True True True", "module 'optimum_alpha.checkpoint' has no attribute 'nope'"]

@@ -17,7 +17,7 @@ from typing import NoReturn, Sequence
 from ..interrupts import INTERRUPTED_EXIT_CODE
 from ..options import pruner_names
 from . import analyze, evaluate, export, prune, push, recover
-from .common import USAGE_ERROR, add_verbosity_arguments, fail
+from .common import add_verbosity_arguments, fail
 
 INTERRUPTED = INTERRUPTED_EXIT_CODE
 SUBCOMMANDS = (analyze, prune, evaluate, push, recover, export)

@@ -21,7 +21,6 @@ from .common import (
     load_kwargs,
     model_slug,
     peak_memory,
-    positive_int,
 )
 from .config_flags import add_config_flags, given_values
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .base import LayerPruner, register_pruner
-from .gram import GramSum, check_percdamp, damped_hessian
+from .base import register_pruner
+from .gram import GramPruner, check_percdamp, damped_hessian
 from .masks import check_nm_columns, count_to_prune, matrix_mask, nm_mask
 
 CHECK_EVERY = 3  # iterations between two support comparisons / ρ updates
@@ -64,7 +64,7 @@ def check_alps_options(rho: float, max_iter: int, pcg_iters: int, pcg_tol: float
 
 
 @register_pruner("alps")
-class ALPSPruner(LayerPruner):
+class ALPSPruner(GramPruner):
     """Accumulates XᵀX over the calibration tokens, then prunes by ADMM + PCG (see the module docstring)."""
 
     options = ("percdamp", "alps_rho", "alps_max_iter", "alps_pcg_iters", "alps_pcg_tol")
@@ -91,36 +91,7 @@ class ALPSPruner(LayerPruner):
         self.max_iter = int(alps_max_iter)
         self.pcg_iters = int(alps_pcg_iters)
         self.pcg_tol = float(alps_pcg_tol)
-        self.statistic = GramSum()  # Σ xxᵀ, float64
         self.last_iterations = 0  # ADMM iterations of the last prune (for benchmarks and tests)
-
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        self.statistic.add_batch(inputs)
-
-    @property
-    def gram(self) -> torch.Tensor | None:
-        """XᵀX/n over the n calibration tokens, float32, (in, in)."""
-        return self.statistic.mean()
-
-    @property
-    def tokens(self) -> int:
-        return self.statistic.tokens
-
-    def partial_sums(self, width: int) -> list[torch.Tensor]:
-        return self.statistic.partial_sums(width)
-
-    def load_sums(self, sums: list[torch.Tensor]) -> None:
-        self.statistic.load_sums(sums)
-
-    @property
-    def calibrated(self) -> bool:
-        return self.gram is not None
-
-    def free(self) -> None:
-        self.statistic = GramSum()
-
-    def input_hessian(self) -> torch.Tensor | None:
-        return self.gram
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         if self.gram is None:

@@ -69,6 +69,40 @@ class LayerPruner:
         return get_pruner_class("magnitude")(self.name)
 
 
+class StatisticPruner(LayerPruner):
+    """A pruner whose calibration is one summable statistic (:meth:`new_statistic`): batching, the sums over
+    ranks and freeing belong to the statistic, so a pruner says only which statistic it keeps and how it
+    prunes with it."""
+
+    def __init__(self, name: str, **options: object) -> None:
+        super().__init__(name)
+        self.statistic = self.new_statistic()
+
+    def new_statistic(self) -> Any:
+        """An empty statistic with ``add_batch``, ``tokens``, ``partial_sums`` and ``load_sums``."""
+        raise NotImplementedError
+
+    @property
+    def tokens(self) -> int:
+        return self.statistic.tokens
+
+    @property
+    def calibrated(self) -> bool:
+        return self.statistic.tokens > 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        self.statistic.add_batch(inputs)
+
+    def partial_sums(self, width: int) -> list[torch.Tensor]:
+        return self.statistic.partial_sums(width)
+
+    def load_sums(self, sums: list[torch.Tensor]) -> None:
+        self.statistic.load_sums(sums)
+
+    def free(self) -> None:
+        self.statistic = self.new_statistic()
+
+
 PRUNERS: dict[str, type[LayerPruner]] = {}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from .base import StatisticPruner
 
 
 def check_percdamp(percdamp: float) -> None:
@@ -56,6 +57,23 @@ class GramSum:
         device = self.sum.device if self.sum is not None else None
         self.sum = sums[0].to(device) if self.tokens else None
         self._mean = None
+
+
+class GramPruner(StatisticPruner):
+    """A pruner that calibrates on ``gram_factor``·XᵀX/n (SparseGPT's Hessian 2·XᵀX/n, ALPS's XᵀX/n)."""
+
+    gram_factor: float = 1.0
+
+    def new_statistic(self) -> GramSum:
+        return GramSum(factor=self.gram_factor)
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """``gram_factor``·XᵀX/n over the n calibration tokens, float32, (in, in); None before any token."""
+        return self.statistic.mean()
+
+    def input_hessian(self) -> torch.Tensor | None:
+        return self.gram
 
 
 def damped_hessian(gram: torch.Tensor, weight: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,16 +15,17 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
-from .base import LayerPruner, register_pruner
-from .gram import GramSum, check_percdamp, damped_hessian
+from .base import register_pruner
+from .gram import GramPruner, check_percdamp, damped_hessian
 from .masks import check_nm_columns, count_to_prune, nm_mask
 
 
 @register_pruner("sparsegpt")
-class SparseGPTPruner(LayerPruner):
+class SparseGPTPruner(GramPruner):
     """Accumulates the layer Hessian over the calibration tokens, then prunes with OBS updates."""
 
     options = ("percdamp", "blocksize")
+    gram_factor = 2.0  # the Hessian H = 2·XᵀX/n
     joint_quantisation = True  # its sweep can round the kept weights as it goes (SparseGPT's joint mode)
 
     @classmethod
@@ -37,29 +38,10 @@ class SparseGPTPruner(LayerPruner):
         super().__init__(name)
         self.percdamp = float(percdamp)
         self.blocksize = int(blocksize)
-        self.statistic = GramSum(factor=2.0)  # Σ 2·xxᵀ, float64
-
-    def add_batch(self, inputs: torch.Tensor) -> None:
-        self.statistic.add_batch(inputs)
-
     @property
     def hessian(self) -> torch.Tensor | None:
         """H = 2·XᵀX/n over the n calibration tokens, float32, (in, in)."""
-        return self.statistic.mean()
-
-    @property
-    def tokens(self) -> int:
-        return self.statistic.tokens
-
-    def partial_sums(self, width: int) -> list[torch.Tensor]:
-        return self.statistic.partial_sums(width)
-
-    def load_sums(self, sums: list[torch.Tensor]) -> None:
-        self.statistic.load_sums(sums)
-
-    @property
-    def calibrated(self) -> bool:
-        return self.hessian is not None
+        return self.gram
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         if self.hessian is None:
@@ -70,12 +52,6 @@ class SparseGPTPruner(LayerPruner):
         inverse_factor = inverse_hessian_factor(self.hessian, w, self.percdamp, self.name)
         pruned = obs_columns(w, inverse_factor, self.blocksize, sparsity, nm)
         return pruned.to(device=weight.device, dtype=weight.dtype)
-
-    def free(self) -> None:
-        self.statistic = GramSum(factor=2.0)
-
-    def input_hessian(self) -> torch.Tensor | None:
-        return self.hessian
 
 
 class ColumnQuantiser(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..options import QUANT_METHODS
+from ..options import QUANT_METHODS  # noqa: F401  (re-exported by optimum_alpha.quantization)
 from ..pruning import LayerPruner
 from ..pruning.gram import GramSum
 from .gptq import gptq, joint_sparsegpt
