@@ -72,16 +72,19 @@ class Session:
     """A loaded model with its ESD analysis and a copy of its dense weights."""
 
     def __init__(self, model: str = "smollm2-135m", factory: ModelFactory | None = None,
-                 show_progress: bool = False, device: str = "cpu") -> None:
+                 show_progress: bool = False, device: str = "cpu", dtype: torch.dtype | None = None) -> None:
         from optimum_alpha import AlphaPruner
 
         start = time.perf_counter()
         if factory is not None:
             net, tokenizer = factory()
+            net = net.to(dtype) if dtype is not None else net
             self.pruner = AlphaPruner.from_pretrained(net.to(device), tokenizer=tokenizer,
                                                       show_progress=show_progress)
         else:
-            placement = {} if device == "cpu" else {"device_map": device}
+            placement: dict[str, Any] = {} if device == "cpu" else {"device_map": device}
+            if dtype is not None:
+                placement["dtype"] = dtype
             self.pruner = AlphaPruner.from_pretrained(model, show_progress=show_progress, **placement)
         self.setup_s = time.perf_counter() - start
         self.show_progress = show_progress

@@ -14,6 +14,7 @@ keeps what it measured. Peer rows (llm-compressor) come from a separate script a
 from __future__ import annotations
 
 import argparse
+import copy as copy_module
 import json
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from benchmarks.common import ModelFactory, Session, markdown_table, print_repor
 
 # name -> (description, AlphaPruningConfig fields); None means the dense model itself.
 ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
-    "dense": ("dense float32", None),
+    "dense": ("dense", None),
     "w4-rtn": ("W4 RTN", dict(sparsity=0.0, bits=4, weight_quant_method="rtn")),
     "w4-gptq": ("W4 GPTQ", dict(sparsity=0.0, bits=4)),
     "alpha-4.5": ("alpha bits, avg 4.5 over {4, 8}, GPTQ", dict(sparsity=0.0, bits=4.5, bit_allocation="alpha")),
@@ -113,6 +114,20 @@ def run_row(session: Session, name: str, fields: dict[str, Any] | None, args: ar
     return result
 
 
+def dense_folder_bytes(model: torch.nn.Module, folder: Path) -> tuple[int, int]:
+    """Weight bytes of the dense folder in float32 and in bfloat16, each saved from a copy of the model: casting
+    the measured model and back would round its float buffers (rotary ``inv_freq``) and shift every row."""
+    from optimum_alpha.checkpoint import save_pruned
+
+    sizes = []
+    for dtype in (torch.float32, torch.bfloat16):
+        copy = copy_module.deepcopy(model).to(dtype)
+        sizes.append(weights_bytes(save_pruned(copy, folder / f"dense-{dtype}".replace("torch.", ""),
+                                               format="dense")))
+        del copy
+    return sizes[0], sizes[1]
+
+
 def embedding_bytes(model: torch.nn.Module, element_size: int) -> int:
     """Bytes of the input embeddings (SmolLM2 ties lm_head to them, so they are stored once)."""
     return model.get_input_embeddings().weight.numel() * element_size
@@ -144,16 +159,16 @@ def main(argv: list[str] | None = None, factory: ModelFactory | None = None) -> 
     parser.add_argument("--max-windows", type=int, default=20)
     parser.add_argument("--group-size", type=int, default=64, help="SmolLM2's 576 inputs take 64, not 128")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the model's dtype, which is the dtype of the stored scales")
     parser.add_argument("--json", type=Path, default=None, help="append each row's result to this file")
     args = parser.parse_args(argv)
-    session = Session(args.model, factory=factory)
+    dtype = getattr(torch, args.dtype)
+    session = Session(args.model, factory=factory, dtype=dtype)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        dense_fp32 = weights_bytes(session.pruner.save_pretrained(folder / "fp32", format="dense"))
-        session.model.to(torch.bfloat16)
-        dense_bf16 = weights_bytes(session.pruner.save_pretrained(folder / "bf16", format="dense"))
-        session.model.to(torch.float32)
+        dense_fp32, dense_bf16 = dense_folder_bytes(session.model, folder)
         for name in args.rows:
             result = run_row(session, name, ROWS[name][1], args, folder)
             results.append(result)
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None, factory: ModelFactory | None = None) -> 
     settings = (f"model {args.model}; calibration {args.nsamples} C4 document windows x {args.seqlen} tokens "
                 f"(seed {args.seed}, the same for every row); evaluation: first {args.max_windows} WikiText-2 "
                 f"test windows of {args.eval_seqlen} tokens; symmetric int, groups of {args.group_size}, "
-                f"float32 scales; allocation alpha (ε 0.3) for the pruned rows")
+                f"{args.dtype} model and scales; allocation alpha (ε 0.3) for the pruned rows")
     return print_report("Prune, then quantise", settings, embeddings, table(results, dense_fp32, dense_bf16))
 
 

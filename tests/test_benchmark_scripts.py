@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,18 +94,33 @@ def test_structured_benchmark_runs_on_a_tiny_model(tiny_tokenizer):
     assert len(speed[0]) == 8
 
 
-def test_quantisation_table_keeps_every_zero_and_shrinks_the_weights(tiny_tokenizer):
+@pytest.mark.parametrize("dtype, scale_bits", [("float32", 32), ("bfloat16", 16)])
+def test_quantisation_table_keeps_every_zero_and_shrinks_the_weights(dtype, scale_bits, tiny_tokenizer):
     from benchmarks import quantisation
 
+    model = make_tiny_model("llama", layers=2)
     text = quantisation.main(
         ["--rows", "dense", "w4-rtn", "wanda-50-w4", "sparsegpt-50-w4", "--nsamples", "2", "--seqlen", "32",
-         "--eval-seqlen", "32", "--max-windows", "1", "--group-size", "32"],
-        factory=lambda: (make_tiny_model("llama", layers=2), tiny_tokenizer),
+         "--eval-seqlen", "32", "--max-windows", "1", "--group-size", "32", "--dtype", dtype],
+        factory=lambda: (model, tiny_tokenizer),
     )
     rows = {row[0]: row for row in data_rows(text)}
-    assert list(rows) == ["dense float32", "W4 RTN", "Wanda + alpha 50 % -> W4 GPTQ (mask kept)",
+    assert list(rows) == ["dense", "W4 RTN", "Wanda + alpha 50 % -> W4 GPTQ (mask kept)",
                           "SparseGPT + alpha 50 % joint W4"]
     for name in list(rows)[2:]:
         assert rows[name][3] == "100.00 %"  # every pruned weight still exactly 0
-        assert float(rows[name][5]) == 5.0  # 4 bits + a float32 scale per 32 weights
-    assert float(rows["W4 RTN"][6]) < float(rows["dense float32"][6])
+        assert float(rows[name][5]) == 4 + scale_bits / 32  # 4 bits + a scale in the model's dtype per 32
+    assert float(rows["W4 RTN"][6]) < float(rows["dense"][6])
+    assert f"{dtype} model and scales" in text
+
+
+def test_quantisation_dense_row_is_measured_on_untouched_buffers(tiny_tokenizer):
+    """Measuring the bfloat16 folder size must not round the measured model's float buffers (rotary inv_freq)."""
+    from benchmarks import quantisation
+
+    model = make_tiny_model("llama", layers=2)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    quantisation.main(["--rows", "dense", "--eval-seqlen", "32", "--max-windows", "1"],
+                      factory=lambda: (model, tiny_tokenizer))
+    assert buffers and all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    assert model.dtype == torch.float32
