@@ -124,3 +124,20 @@ def test_quantisation_dense_row_is_measured_on_untouched_buffers(tiny_tokenizer)
                       factory=lambda: (model, tiny_tokenizer))
     assert buffers and all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
     assert model.dtype == torch.float32
+
+
+def test_no_benchmark_script_shadows_an_installed_module():
+    """``python benchmarks/X.py`` puts benchmarks/ first on sys.path: a script named like a package (a
+    ``gguf.py`` did) hides it from everything the script imports, and loading the SmolLM2 GGUF fails."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    stems = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    assert "quantisation" in stems
+    shadowing = []
+    for stem in stems:
+        spec = importlib.util.find_spec(stem)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        if origin is not None and folder.parent not in origin.parents:  # installed, not one of ours
+            shadowing.append(f"{stem} ({spec.origin})")
+    assert not shadowing, f"rename these benchmark scripts: {shadowing}"

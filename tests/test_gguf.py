@@ -308,7 +308,7 @@ def test_benchmark_script_prints_one_row_per_variant(tokenizer):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks import gguf as bench
+    from benchmarks import gguf_export as bench
 
     variants = ["dense Q8_0", "dense auto:5.0", "width 30 % alpha+refit Q8_0"]
     text = bench.main(["--variants", *variants, "--nsamples", "2", "--seqlen", "32", "--eval-seqlen", "32",

@@ -366,3 +366,31 @@ def test_recovery_options_are_the_config_fields_and_the_recover_flags():
             config.resume, config.steps) == (0.001, 4, False, ["q_proj", "v_proj"], True, 200)
     docs = (Path(__file__).resolve().parents[1] / "docs" / "recovery.md").read_text()
     assert options.markdown_table(options.RECOVERY_OPTIONS) in docs, "python -m optimum_alpha.options recovery"
+
+
+def test_recovery_refuses_a_quantised_model_and_quantising_after_recovery_keeps_the_zeros(tiny_tokenizer):
+    """Recovery trains floats: after quantisation it would undo the integer grid, so it is refused in one line
+    naming the order that works (prune, recover, then quantise with sparsity=0), which this test then runs."""
+    model = make_tiny_model("llama")
+    teacher = copy.deepcopy(model)
+    pruner = AlphaPruner(model, tiny_tokenizer)
+    pruner.prune(AlphaPruningConfig(method="magnitude", allocation="uniform", sparsity=0.5, bits=4, group_size=32,
+                                    weight_quant_method="rtn"), show_progress=False)
+    with pytest.raises(ConfigError, match=r"quantised \(4-bit\).*sparsity=0, bits=") as err:
+        pruner.recover(RecoveryConfig(steps=1, **FAST), teacher=teacher, show_progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="quantised"):  # the record alone says so (a folder's alpha_pruning.json)
+        _, student, record = pruned(make_tiny_model("llama"), tiny_tokenizer, sparsity=0.5)
+        record = {**record, "quantization": {"bits": {"model.layers.0.self_attn.q_proj": 4}}}
+        recover_model(student, tiny_tokenizer, RecoveryConfig(steps=1, **FAST), teacher=teacher, record=record)
+
+    teacher, student, record = pruned(make_tiny_model("llama"), tiny_tokenizer, sparsity=0.5)
+    recover_model(student, tiny_tokenizer, RecoveryConfig(steps=2, **FAST), teacher=teacher, record=record,
+                  show_progress=False)
+    zeros = {name: p.detach() == 0 for name, p in prunable_params(student).items()}
+    quantiser = AlphaPruner(student, tiny_tokenizer)
+    quantiser.prune(AlphaPruningConfig(sparsity=0.0, bits=4, group_size=32, nsamples=2, seqlen=32),
+                    show_progress=False)
+    after = prunable_params(quantiser.model)
+    assert all(torch.equal(after[name][mask], torch.zeros_like(after[name][mask])) for name, mask in zeros.items())
+    assert sum(int(mask.sum()) for mask in zeros.values()) > 0

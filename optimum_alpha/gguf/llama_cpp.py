@@ -1,6 +1,6 @@
 """Run an exported file in llama.cpp itself (through ``llama-cpp-python``, an optional dependency).
 
-Used by the ``llama_cpp`` tests and ``benchmarks/gguf.py``: perplexity from llama.cpp's own logits on token
+Used by the ``llama_cpp`` tests and ``benchmarks/gguf_export.py``: perplexity from llama.cpp's own logits on token
 windows given as ids (so both engines see the same tokens), prompt-processing and decode speed the way
 ``llama-bench`` measures them (a prompt of N tokens in one batch; then N single-token steps on the KV cache),
 and a greedy generation.

@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import ConfigError
 from .config import RecoveryConfig
 from .report import RecoveryReport
-from .run import recover_model
+from .run import check_not_quantised, recover_model
 
 
 def teacher_from_source(source: Any) -> nn.Module:
@@ -29,6 +29,7 @@ def recover_pruned(pruner: Any, config: RecoveryConfig | None = None, teacher: A
     config.validate()
     if pruner.last_report is None:
         raise ConfigError("Nothing pruned yet: call prune(config) before recover(config).")
+    check_not_quantised(pruner.model, pruner.metadata())  # before the teacher is reloaded (seconds to minutes)
     if teacher is None and config.needs_teacher:
         teacher = teacher_from_source(pruner.source)
     elif isinstance(teacher, str):

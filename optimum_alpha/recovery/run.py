@@ -79,6 +79,26 @@ def is_width_pruned(student: nn.Module, teacher: nn.Module | None, record: dict[
     return teacher is not None and _block_params(student) < _block_params(teacher)
 
 
+def check_not_quantised(model: nn.Module, record: dict[str, Any]) -> None:
+    """Fine-tuning moves every weight off its integer grid: the result would be neither the quantised model
+    nor savable as one. Recovery comes between pruning and quantisation, and quantising afterwards
+    (``sparsity=0, bits=...``) holds the zeros, so refuse rather than warn."""
+    from ..quantization.state import recorded_grids
+
+    grids = recorded_grids(model)
+    config = getattr(model.config, "quantization_config", None)
+    method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+    recorded = ((record.get("quantization") or {}).get("bits") or {}).values()
+    widths = sorted({grid.spec.bits for grid in grids.values()} or set(recorded))
+    if grids or str(method) == "compressed-tensors" or widths:
+        bits = "/".join(str(b) for b in widths) if widths else "integer"
+        raise ConfigError(
+            f"The model's block weights are quantised ({bits}-bit); recovery would train them in float and undo "
+            "that. Recover the float pruned model, then quantise it: AlphaPruner.from_pretrained(recovered)"
+            ".prune(AlphaPruningConfig(sparsity=0, bits=...)) keeps every zero (CLI: prune RECOVERED "
+            "--sparsity 0 --bits ...).")
+
+
 def plain_dense(model: nn.Module) -> None:
     """Drop the loader state of an ``alpha_sparse``/``alpha_width``/GGUF load: in memory it is a dense model
     with zeros, and Trainer refuses to fine-tune a model marked quantized."""
@@ -153,6 +173,7 @@ def recover_model(model: nn.Module, tokenizer: Any, config: RecoveryConfig | Non
     record = record or {}
     if tokenizer is None:
         raise ConfigError("Recovery reads training text, hence needs the model's tokenizer; pass tokenizer=.")
+    check_not_quantised(model, record)
     check_teacher(model, teacher, config)
     ignore = (record.get("config") or {}).get("ignore")
     masks = SparsityMasks.from_model(model, ignore)

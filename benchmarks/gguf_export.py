@@ -7,8 +7,8 @@ pp/tg protocol), at each of ``--threads``, ``--repeats`` times interleaved (medi
 average seen during the timings); WikiText-2 perplexity from llama.cpp's logits on the same token windows that
 transformers scores on the same dequantised weights (the "hf ppl" column; the two must agree within 1 %).
 
-    OMP_NUM_THREADS=1 nice python benchmarks/gguf.py            # the docs' table
-    python benchmarks/gguf.py --skip-llama-cpp                   # sizes and transformers perplexity only
+    OMP_NUM_THREADS=1 nice python benchmarks/gguf_export.py            # the docs' table
+    python benchmarks/gguf_export.py --skip-llama-cpp                   # sizes and transformers perplexity only
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def report(rows: list[Row], args: argparse.Namespace, argv: Sequence[str] | None
             pp, tg = (row.speeds or {}).get(threads, ([], []))
             cells += [_median(pp), _median(tg)]
         table.append(cells)
-    command = "OMP_NUM_THREADS=1 nice python benchmarks/gguf.py " + shlex.join(argv or sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 nice python benchmarks/gguf_export.py " + shlex.join(argv or sys.argv[1:])
     load = (f"load average during the timings: median {statistics.median(loads):.1f}, range "
             f"{min(loads):.1f}-{max(loads):.1f}" if loads else "llama.cpp not run")
     return "\n\n".join([
