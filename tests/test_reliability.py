@@ -609,26 +609,32 @@ def stalled_server():
 
 
 def test_a_stalled_hub_endpoint_times_out_with_the_retry_command(stalled_server, dense_folder, tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import time
-        from optimum_alpha.checkpoint.hub import push_folder_to_hub
-        from optimum_alpha.errors import CheckpointError
-        start = time.monotonic()
-        try:
-            push_folder_to_hub({str(dense_folder)!r}, "me/model", token="hf_not_a_real_token", timeout=1)
-        except CheckpointError as error:
-            print(f"{{time.monotonic() - start:.1f}}", error)
-        """
-    )
+    """Through the command line: ``push --timeout 1`` ends in one error line whose retry keeps the time-out."""
+    script = ("import sys, time\nfrom optimum_alpha.commands.cli import main\nstart = time.monotonic()\n"
+              "try:\n    code = main()\nexcept SystemExit as stop:\n    code = stop.code\n"
+              "print(f'{time.monotonic() - start:.1f}', code)\n")
     env = {key: value for key, value in child_env().items() if key != "HF_HUB_OFFLINE"}
-    env.update(HF_ENDPOINT=stalled_server, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    seconds, message = done.stdout.strip().split(" ", 1)
-    assert message.startswith("pushing me/model timed out: the Hub sent or accepted nothing for 1 s"), message
-    assert message.endswith(f"retry with: optimum-cli alpha-prune push {dense_folder} me/model")
+    env.update(HF_ENDPOINT=stalled_server, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+               HF_TOKEN="hf_not_a_real_token")
+    done = subprocess.run([sys.executable, "-c", script, "push", str(dense_folder), "me/model", "--timeout", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    seconds, code = done.stdout.strip().split()
+    message = done.stderr.strip().splitlines()[-1]
+    assert code != "0" and message.startswith(
+        "error: pushing me/model timed out: the Hub sent or accepted nothing for 1 s"), done.stderr[-2000:]
+    assert message.endswith(f"retry with: optimum-cli alpha-prune push {dense_folder} me/model --timeout 1")
     assert float(seconds) < 120  # without the time-out the push waits forever
+
+
+def test_push_timeout_flags_refuse_non_positive_seconds(capsys):
+    from optimum_alpha.commands.cli import main
+
+    for argv in (["push", "folder", "me/model", "--timeout", "0"], ["prune", "m", "--push-timeout", "soon"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be more than 0 seconds, got 0" in err and "expected a number of seconds, got 'soon'" in err
 
 
 def test_the_stall_timeout_puts_the_previous_client_factory_back():

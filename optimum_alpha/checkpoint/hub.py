@@ -27,9 +27,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 STALL_TIMEOUT_S = 60.0  # seconds an upload may go without the Hub sending or accepting a byte
 
 
-def retry_command(folder: Path, repo_id: str, private: bool | None = None) -> str:
+def retry_command(folder: Path, repo_id: str, private: bool | None = None,
+                  timeout: float = STALL_TIMEOUT_S) -> str:
     """The command that pushes the saved folder again."""
-    return f"optimum-cli alpha-prune push {folder} {repo_id}" + (" --private" if private else "")
+    return (f"optimum-cli alpha-prune push {folder} {repo_id}" + (" --private" if private else "")
+            + (f" --timeout {timeout:g}" if timeout != STALL_TIMEOUT_S else ""))
 
 
 def _timeout_errors() -> tuple[type[BaseException], ...]:
@@ -163,7 +165,7 @@ def _push_here(folder: str | os.PathLike, repo_id: str, *, private: bool | None,
     except _timeout_errors() as error:
         raise CheckpointError(
             f"pushing {repo_id} timed out: the Hub sent or accepted nothing for {timeout:g} s "
-            f"({type(error).__name__}); the folder {path} is kept, retry with: {retry_command(path, repo_id, private)}"
+            f"({type(error).__name__}); the folder {path} is kept, retry with: {retry_command(path, repo_id, private, timeout)}"
         ) from error
     except (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled) as error:
         raise _explain(error, repo_id) from error

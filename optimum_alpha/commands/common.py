@@ -31,6 +31,25 @@ MODEL_HELP = (
 )
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def add_push_timeout_argument(parser: argparse.ArgumentParser, flag: str) -> None:
+    from ..checkpoint.hub import STALL_TIMEOUT_S
+
+    parser.add_argument(flag, dest="push_timeout", type=positive_seconds, default=STALL_TIMEOUT_S, metavar="S",
+                        help="end the push with an error (folder kept) when the Hub sends or accepts nothing for "
+                        f"S seconds (default {STALL_TIMEOUT_S:g}; raise it on a slow link)")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1, so typos fail before a model is loaded."""
     try:

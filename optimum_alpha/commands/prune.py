@@ -14,6 +14,7 @@ from .common import (
     add_eval_arguments,
     add_model_arguments,
     add_output_arguments,
+    add_push_timeout_argument,
     check_device_map,
     check_model_limits,
     format_memory,
@@ -80,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "before the model is loaded)",
     )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
+    add_push_timeout_argument(parser, "--push-timeout")
     parser.add_argument("--eval", action="store_true",
                         help="measure perplexity before and after pruning, KL divergence of the pruned to the dense "
                         "model on the same windows, and the block spectra (alpha) after pruning")
@@ -243,7 +245,7 @@ def check_before_loading(args: argparse.Namespace):
     return config, output, overwrite
 
 
-def push_or_explain(folder: Path, repo: str, private: bool) -> str:
+def push_or_explain(folder: Path, repo: str, private: bool, timeout: float) -> str:
     """Push the saved folder; a failure keeps it and says how to retry the push alone."""
     from ..checkpoint import push_folder_to_hub
     from ..errors import CheckpointError
@@ -251,9 +253,9 @@ def push_or_explain(folder: Path, repo: str, private: bool) -> str:
     from ..checkpoint.hub import retry_command
 
     try:
-        return push_folder_to_hub(folder, repo, private=private or None)
+        return push_folder_to_hub(folder, repo, private=private or None, timeout=timeout)
     except CheckpointError as error:
-        retry = retry_command(folder, repo, private)
+        retry = retry_command(folder, repo, private, timeout)
         if retry in str(error):  # a time-out already says how to push again
             raise
         raise CheckpointError(f"{error}. The pruned model is saved in {folder}; retry the upload with: {retry}") from error
@@ -346,6 +348,6 @@ def run(args: argparse.Namespace) -> int:
         print_zero_shot(accuracy)
     if args.push_to_hub:
         with stages.stage(f"Pushing to the Hub: {args.push_to_hub}"):
-            url = push_or_explain(output, args.push_to_hub, args.private)
+            url = push_or_explain(output, args.push_to_hub, args.private, args.push_timeout)
         print(f"pushed to: {url}")
     return 0

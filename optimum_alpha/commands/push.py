@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_push_timeout_argument
+
 NAME = "push"
 HELP = "upload a saved pruned-model folder to the Hugging Face Hub (retries a failed --push-to-hub)"
 DESCRIPTION = (
@@ -21,12 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "its visibility)")
     parser.add_argument("--commit-message", default=None, metavar="TEXT",
                         help="message of the upload commit (default: 'Upload pruned model (FOLDER) with optimum-alpha')")
+    add_push_timeout_argument(parser, "--timeout")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint.hub import check_push_target, push_folder_to_hub
 
     check_push_target(args.repo)
-    url = push_folder_to_hub(args.folder, args.repo, private=args.private or None, commit_message=args.commit_message)
+    url = push_folder_to_hub(args.folder, args.repo, private=args.private or None, commit_message=args.commit_message,
+                             timeout=args.push_timeout)
     print(f"pushed {args.folder} to: {url}")
     return 0
