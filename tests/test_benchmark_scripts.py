@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import checkpoint_size, combinations, memory  # noqa: E402
+from benchmarks import checkpoint_size, combinations, gptq_holdout, memory  # noqa: E402
 
 from conftest import make_tiny_model  # noqa: E402
 
@@ -141,3 +141,18 @@ def test_no_benchmark_script_shadows_an_installed_module():
         if origin is not None and folder.parent not in origin.parents:  # installed, not one of ours
             shadowing.append(f"{stem} ({spec.origin})")
     assert not shadowing, f"rename these benchmark scripts: {shadowing}"
+
+
+def test_gptq_holdout_table_shows_gptq_fitting_its_calibration_tokens(tiny_tokenizer):
+    model = make_tiny_model("llama", layers=2)
+    names = ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"]
+    text = gptq_holdout.main(["--matrices", *names, "--nsamples", "2", "8", "--heldout", "2", "--seqlen", "32",
+                              "--group-size", "32", "--dataset", "wikitext2"],
+                             factory=lambda: (model, tiny_tokenizer))
+    rows = data_rows(text)
+    assert [(row[0], row[2]) for row in rows] == [("2", names[0]), ("2", names[1]), ("8", names[0]),
+                                                 ("8", names[1])]
+    for row in rows:
+        rtn_seen, gptq_seen, rtn_unseen, gptq_unseen = map(float, row[3:])
+        assert gptq_seen < rtn_seen  # GPTQ minimises exactly this
+        assert min(rtn_unseen, gptq_unseen) > 0
