@@ -32,6 +32,8 @@ ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "dense": ("dense", None),
     "w4-rtn": ("W4 RTN", dict(sparsity=0.0, bits=4, weight_quant_method="rtn")),
     "w4-gptq": ("W4 GPTQ", dict(sparsity=0.0, bits=4)),
+    "w4-gptq-input-order": ("W4 GPTQ, input order, dampening 0.01 (before 2026-12-03)",
+                            dict(sparsity=0.0, bits=4, act_order=False, quant_damp=0.01)),
     "alpha-4.5": ("alpha bits, avg 4.5 over {4, 8}, GPTQ", dict(sparsity=0.0, bits=4.5, bit_allocation="alpha")),
     "uniform-4.5": ("depth-spread bits, avg 4.5 over {4, 8}, GPTQ",
                     dict(sparsity=0.0, bits=4.5, bit_allocation="uniform")),

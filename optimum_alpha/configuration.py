@@ -251,6 +251,10 @@ class AlphaPruningConfig(QuantizationConfigMixin):
         weight_quant_method: ``gptq`` (OBS column updates that keep the pruning mask; with ``sparsegpt`` one
             joint sweep) or ``rtn`` (round to nearest). Not ``quant_method``, which transformers reads to pick
             the quantizer (``"alpha_pruning"``); the command line calls it ``--quant-method``.
+        act_order: GPTQ visits the inputs by decreasing XᵀX diagonal, with every group's scale fixed before
+            the sweep (groups stay runs of consecutive inputs, so the checkpoint needs no reordering index).
+        quant_damp: GPTQ's dampening of XᵀX, as a fraction of its mean diagonal (default 0.1: on SmolLM2 W4,
+            0.01 overfits 16 calibration windows; docs/quantisation.md). SparseGPT's joint sweep uses percdamp.
         bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
             choose from (default 4 and 8, the ones vLLM serves).
     """
@@ -305,6 +309,8 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     bits: float | None = default("bits")
     group_size: int | None = default("group_size")
     weight_quant_method: str = default("weight_quant_method")  # --quant-method; see options.py for the name
+    act_order: bool = default("act_order")
+    quant_damp: float = default("quant_damp")
     bit_allocation: str = default("bit_allocation")
     bit_choices: tuple[int, ...] = default("bit_choices")
     tokenizer: Any = default("tokenizer")

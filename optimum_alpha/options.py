@@ -195,6 +195,11 @@ OPTIONS: tuple[Option, ...] = (
     # quantizer (ours is "alpha_pruning"), so the weight quantiser's field needs a name of its own.
     Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; one joint sweep with "
            "sparsegpt) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
+    Option("act_order", True, "flag_off", "gptq: visit the inputs in their own order, not by decreasing XᵀX "
+           "diagonal (default: activation order, every group's scale fixed before the sweep)", "quantisation",
+           flag="--no-act-order"),
+    Option("quant_damp", 0.1, "float", "gptq: dampening added to XᵀX before the rounding sweep, as a fraction "
+           "of its mean diagonal (sparsegpt's joint sweep uses percdamp)", "quantisation", metavar="F"),
     Option("bit_allocation", "alpha", "choice", "alpha: lower-alpha blocks get the wider widths; uniform: no "
            "preference (a budget between two widths is spread evenly over the depth)", "quantisation",
            choices=BIT_ALLOCATIONS),

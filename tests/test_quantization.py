@@ -21,6 +21,7 @@ from optimum_alpha.pruning.sparsegpt import SparseGPTPruner
 from optimum_alpha.quantization import QuantSpec, allocate_bits, recorded_grids, rtn
 from optimum_alpha.quantization.bits import average_bits
 from optimum_alpha.quantization.gptq import gptq, joint_sparsegpt
+from optimum_alpha.quantization.spec import dequantize_integers, group_scales
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""}
 TINY = dict(nsamples=4, seqlen=32, calibration_dataset="wikitext2", group_size=32)
@@ -59,6 +60,36 @@ def test_gptq_reconstructs_a_correlated_layer_better_than_rtn_and_keeps_every_ze
     assert torch.equal(solved.weight()[mask], torch.zeros(int(mask.sum())))  # bitwise: +0.0 everywhere
     assert torch.equal(solved.codes[mask], torch.zeros(int(mask.sum()), dtype=torch.int8))
     assert int(solved.codes.min()) >= -8 and int(solved.codes.max()) <= 7  # a 4-bit grid
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_activation_order_beats_input_order_on_outlier_inputs_with_consecutive_groups(seed):
+    inputs, weight, _ = correlated_layer(seed=seed)
+    inputs = inputs * torch.exp(2 * torch.randn(inputs.shape[1], generator=torch.Generator().manual_seed(seed)))
+    hessian = 2 * inputs.T @ inputs / inputs.shape[0]  # a few inputs dominate, as in real activations
+    spec, mask = QuantSpec(4, 32), weight == 0
+    ordered = gptq(weight, hessian, spec, mask, act_order=True)
+    in_order = gptq(weight, hessian, spec, mask, act_order=False)
+    assert output_error(inputs, weight, ordered.weight()) < 0.6 * output_error(inputs, weight, in_order.weight())
+    assert torch.equal(ordered.weight()[mask], torch.zeros(int(mask.sum())))
+    # Static scales of runs of 32 consecutive inputs, from the masked weights: no reordering index to store.
+    assert torch.equal(ordered.scales, group_scales(weight.masked_fill(mask, 0.0), spec, weight.dtype))
+    assert torch.equal(ordered.weight(), dequantize_integers(ordered.codes, ordered.scales, spec))
+
+
+def test_gptq_order_and_dampening_reach_the_solver_and_the_report(tiny_tokenizer):
+    model = make_tiny_model("llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = {}
+    for fields in (dict(), dict(act_order=False, quant_damp=0.05), dict(method="sparsegpt")):
+        model.load_state_dict(state)
+        pruner, report = quantised_run(model, tiny_tokenizer, **fields)
+        q = report.quantization
+        runs[tuple(fields.items())] = ((q["act_order"], q["dampening"]),
+                                      pruner.model.model.layers[0].mlp.down_proj.weight.clone())
+    (default, w_default), (changed, w_changed), (joint, _) = runs.values()
+    assert default == (True, 0.1) and changed == (False, 0.05) and joint == (False, 0.01)  # joint: SparseGPT's
+    assert not torch.equal(w_default, w_changed)
 
 
 def test_joint_sparsegpt_w4_keeps_sparsegpt_mask():
@@ -326,7 +357,7 @@ def test_a_quantised_model_is_not_saved_as_floats_and_a_float_one_not_as_integer
     (dict(bits=3), "outside bit_choices"), (dict(bits=4, bit_choices=(4, 9)), "from 2 to 8"),
     (dict(bits=4, weight_quant_method="awq"), "Unknown quant_method"), (dict(bits=4, group_size=-1), "group_size"),
     (dict(bits=4, bit_allocation="owl"), "Unknown bit_allocation"),
-    (dict(bits=4, reconstruct="block"), "off their integer grid"),
+    (dict(bits=4, reconstruct="block"), "off their integer grid"), (dict(bits=4, quant_damp=0), "quant_damp"),
 ])
 def test_bad_quantisation_options(fields, fragment):
     assert AlphaPruningConfig(bits=4, group_size=0).group_size is None  # 0: the CLI's "one scale per row"

@@ -29,13 +29,15 @@ class QuantisingPruner(LayerPruner):
     """Prunes with ``inner`` and quantises onto ``spec`` with ``method`` (``gptq`` or ``rtn``)."""
 
     def __init__(self, inner: LayerPruner, spec: QuantSpec, method: str, percdamp: float = 0.01,
-                 blocksize: int = 128) -> None:
+                 blocksize: int = 128, act_order: bool = True, quant_damp: float = 0.1) -> None:
         super().__init__(inner.name)
         self.inner = inner
         self.spec = spec
         self.method = method
         self.percdamp = float(percdamp)
         self.blocksize = int(blocksize)
+        self.act_order = bool(act_order)
+        self.quant_damp = float(quant_damp)
         # GPTQ needs XᵀX; collect it here only when the inner pruner keeps none (Wanda, magnitude).
         self._own_gram = method == "gptq" and type(inner).input_hessian is LayerPruner.input_hessian
         self.statistic = GramSum(factor=2.0) if self._own_gram else None  # Σ 2·xxᵀ in float64
@@ -53,9 +55,11 @@ class QuantisingPruner(LayerPruner):
 
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         hessian = self.statistic.mean() if self.statistic is not None else self.inner.input_hessian()
-        options = dict(percdamp=self.percdamp, blocksize=self.blocksize, name=self.name)
+        options = dict(blocksize=self.blocksize, name=self.name)
         if self.method == "gptq" and getattr(self.inner, "joint_quantisation", False):
-            self.quantized = joint_sparsegpt(weight, hessian, self.spec, sparsity, nm, **options)
+            # The joint sweep chooses SparseGPT's mask too: its dampening and column order stay SparseGPT's.
+            self.quantized = joint_sparsegpt(weight, hessian, self.spec, sparsity, nm, percdamp=self.percdamp,
+                                             **options)
         else:
             pruned = self.inner.prune(weight, sparsity, nm) if (sparsity > 0 or nm) else weight
             mask = pruned == 0
@@ -63,7 +67,8 @@ class QuantisingPruner(LayerPruner):
                 self.quantized = rtn(pruned, self.spec)
                 self.quantized.pruned = mask
             else:
-                self.quantized = gptq(pruned, hessian, self.spec, mask, **options)
+                self.quantized = gptq(pruned, hessian, self.spec, mask, percdamp=self.quant_damp,
+                                      act_order=self.act_order, **options)
         return self.quantized.weight().to(weight.dtype)
 
     def free(self) -> None:
@@ -83,12 +88,13 @@ def quantising_pruner_class(pruner_cls: type[LayerPruner], widths: dict[str, int
 
     class Quantising(QuantisingPruner):
         needs_calibration = pruner_cls.needs_calibration or method == "gptq"
-        options = tuple(dict.fromkeys(pruner_cls.options + ("percdamp", "blocksize")))
+        options = tuple(dict.fromkeys(pruner_cls.options + ("percdamp", "blocksize", "act_order", "quant_damp")))
 
         def __init__(self, name: str, **options: Any) -> None:
             inner_options = {k: v for k, v in options.items() if k in pruner_cls.options}
             super().__init__(pruner_cls(name, **inner_options), QuantSpec(widths[name], group_size), method,
-                             options.get("percdamp", 0.01), options.get("blocksize", 128))
+                             options.get("percdamp", 0.01), options.get("blocksize", 128),
+                             options.get("act_order", True), options.get("quant_damp", 0.1))
 
     Quantising.__name__ = f"Quantising{pruner_cls.__name__}"
     return Quantising

@@ -23,6 +23,10 @@ def check_quantization_config(config: Any) -> None:
         config.bit_choices = tuple(sorted({int(b) for b in config.bit_choices}))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bit_choices must be whole numbers such as (4, 8), got {config.bit_choices!r}.") from err
+    config.act_order = bool(config.act_order)
+    if not float(config.quant_damp) > 0:
+        raise ConfigError(f"quant_damp must be > 0 (a fraction of XᵀX's mean diagonal such as 0.1), got "
+                          f"{config.quant_damp!r}.")
     if config.group_size == 0:  # the command line's spelling of "one scale per row"
         config.group_size = None
     if config.group_size is not None and config.group_size < 1:
@@ -82,9 +86,12 @@ def plan_quantisation(config: Any, blocks: Sequence[Any], pruner_cls: type, spec
 def quantization_summary(config: Any, widths: dict[str, int], blocks: Sequence[Any],
                          grids: dict[str, Any]) -> dict[str, Any]:
     """What the report, ``alpha_pruning.json`` and the card say about the quantisation of a run."""
+    from ..pruning import get_pruner_class
     from .spec import QuantSpec
 
     numels = {m.name: m.numel for block in blocks for m in block.matrices}
+    gptq = config.weight_quant_method == "gptq"
+    joint = gptq and getattr(get_pruner_class(config.method), "joint_quantisation", False)
     scale_bytes = next(iter(grids.values())).scales.element_size() if grids else 0
     names = [name for name in widths if name in numels]
     counts = [numels[name] for name in names]
@@ -93,6 +100,9 @@ def quantization_summary(config: Any, widths: dict[str, int], blocks: Sequence[A
     stored_bits = sum(per_weight[widths[name]] * numels[name] for name in names)
     return {
         "method": config.weight_quant_method,
+        # GPTQ's column order and dampening; the joint SparseGPT sweep keeps SparseGPT's (input order, percdamp).
+        "act_order": None if not gptq else bool(config.act_order) and not joint,
+        "dampening": None if not gptq else float(config.percdamp if joint else config.quant_damp),
         "bit_allocation": config.bit_allocation,
         "bit_choices": list(config.bit_choices),
         "bits_budget": float(config.bits),
