@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None, factory: ModelFactory | None = None) -> 
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--dataset", default="c4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--damp", type=float, default=0.1, help="GPTQ dampening (the library's quant_damp)")
+    parser.add_argument("--no-act-order", dest="act_order", action="store_false",
+                        help="GPTQ in the inputs' own order (the library's default is activation order)")
     args = parser.parse_args(argv)
     session = Session(args.model, factory=factory)
     model, spec = session.model, QuantSpec(args.bits, args.group_size)
@@ -81,14 +84,16 @@ def main(argv: list[str] | None = None, factory: ModelFactory | None = None) -> 
             weight = modules[name].weight.detach().float()
             inputs = seen[name]
             hessian = (2 * inputs.T @ inputs / inputs.shape[0]).float()
-            rounded, solved = rtn(weight, spec).weight(), gptq(weight, hessian, spec, name=name).weight()
+            rounded, solved = rtn(weight, spec).weight(), gptq(weight, hessian, spec, name=name, percdamp=args.damp,
+                                                                act_order=args.act_order).weight()
             rows.append([nsamples, f"{inputs.shape[0]} ({inputs.shape[0] / weight.shape[1]:.1f}x in)", name,
                          f"{relative_error(inputs, weight, rounded):.5f}", f"{relative_error(inputs, weight, solved):.5f}",
                          f"{relative_error(unseen[name], weight, rounded):.5f}",
                          f"{relative_error(unseen[name], weight, solved):.5f}"])
     settings = (f"model {args.model}; W{args.bits}, groups of {args.group_size}, symmetric; calibration "
                 f"{args.dataset} windows x {args.seqlen} tokens (seed {args.seed}, sampling "
-                f"{sample.sampling}), held out: {args.heldout} windows disjoint from them; GPTQ dampening 0.01")
+                f"{sample.sampling}), held out: {args.heldout} windows disjoint from them; GPTQ dampening {args.damp}, "
+                f"{'activation' if args.act_order else 'input'} order")
     body = markdown_table(["calibration windows", "tokens (per input)", "matrix", "RTN, calibration",
                            "GPTQ, calibration", "RTN, held out", "GPTQ, held out"], rows)
     return print_report("GPTQ vs RTN on calibration and held-out tokens", settings,

@@ -14,7 +14,7 @@ def main(argv=None):
     from benchmarks.common import Session
     q.ROWS.setdefault("wanda-50-uniform-w4", ("Wanda + uniform 50 % -> W4 GPTQ (mask kept)",
                                              dict(sparsity=0.5, method="wanda", allocation="uniform", bits=4)))
-    q.ROWS.setdefault("sparsegpt-50-uniform-w4", ("SparseGPT + uniform 50 % joint W4",
+    q.ROWS.setdefault("sparsegpt-50-uniform-w4", ("SparseGPT + uniform 50 % -> W4 GPTQ (mask kept)",
                                                  dict(sparsity=0.5, method="sparsegpt", allocation="uniform", bits=4)))
     saved = torch.load(args.ids)
     cal, protocol = saved["calibration"], saved["protocol"]

@@ -40,7 +40,9 @@ ROWS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "wanda-50": ("Wanda + alpha 50 % (float)", dict(sparsity=0.5, method="wanda")),
     "wanda-50-w4": ("Wanda + alpha 50 % -> W4 GPTQ (mask kept)", dict(sparsity=0.5, method="wanda", bits=4)),
     "sparsegpt-50": ("SparseGPT + alpha 50 % (float)", dict(sparsity=0.5, method="sparsegpt")),
-    "sparsegpt-50-w4": ("SparseGPT + alpha 50 % joint W4", dict(sparsity=0.5, method="sparsegpt", bits=4)),
+    "sparsegpt-50-w4": ("SparseGPT + alpha 50 % -> W4 GPTQ (mask kept)", dict(sparsity=0.5, method="sparsegpt", bits=4)),
+    "sparsegpt-50-w4-joint": ("SparseGPT + alpha 50 % joint W4 (one sweep)",
+                              dict(sparsity=0.5, method="sparsegpt", bits=4, joint_quantisation=True)),
 }
 
 

@@ -255,6 +255,9 @@ class AlphaPruningConfig(QuantizationConfigMixin):
             the sweep (groups stay runs of consecutive inputs, so the checkpoint needs no reordering index).
         quant_damp: GPTQ's dampening of XᵀX, as a fraction of its mean diagonal (default 0.1: on SmolLM2 W4,
             0.01 overfits 16 calibration windows; docs/quantisation.md). SparseGPT's joint sweep uses percdamp.
+        joint_quantisation: with ``sparsegpt`` and ``gptq``, one sweep chooses the mask and rounds the kept
+            weights (the SparseGPT paper's joint mode). Off by default: SparseGPT's float prune followed by GPTQ
+            in activation order measured 111.0 against the joint sweep's 120.2 on SmolLM2 at 50 % + W4.
         bit_allocation: ``alpha`` (lower-α blocks get more bits) or ``uniform``; bit_choices: the widths to
             choose from (default 4 and 8, the ones vLLM serves).
     """
@@ -311,6 +314,7 @@ class AlphaPruningConfig(QuantizationConfigMixin):
     weight_quant_method: str = default("weight_quant_method")  # --quant-method; see options.py for the name
     act_order: bool = default("act_order")
     quant_damp: float = default("quant_damp")
+    joint_quantisation: bool = default("joint_quantisation")
     bit_allocation: str = default("bit_allocation")
     bit_choices: tuple[int, ...] = default("bit_choices")
     tokenizer: Any = default("tokenizer")

@@ -100,13 +100,14 @@ def test_quantisation_table_keeps_every_zero_and_shrinks_the_weights(dtype, scal
 
     model = make_tiny_model("llama", layers=2)
     text = quantisation.main(
-        ["--rows", "dense", "w4-rtn", "wanda-50-w4", "sparsegpt-50-w4", "--nsamples", "2", "--seqlen", "32",
+        ["--rows", "dense", "w4-rtn", "wanda-50-w4", "sparsegpt-50-w4", "sparsegpt-50-w4-joint",
+         "--nsamples", "2", "--seqlen", "32",
          "--eval-seqlen", "32", "--max-windows", "1", "--group-size", "32", "--dtype", dtype],
         factory=lambda: (model, tiny_tokenizer),
     )
     rows = {row[0]: row for row in data_rows(text)}
     assert list(rows) == ["dense", "W4 RTN", "Wanda + alpha 50 % -> W4 GPTQ (mask kept)",
-                          "SparseGPT + alpha 50 % joint W4"]
+                          "SparseGPT + alpha 50 % -> W4 GPTQ (mask kept)", "SparseGPT + alpha 50 % joint W4 (one sweep)"]
     for name in list(rows)[2:]:
         assert rows[name][3] == "100.00 %"  # every pruned weight still exactly 0
         assert float(rows[name][5]) == 4 + scale_bits / 32  # 4 bits + a scale in the model's dtype per 32

@@ -81,15 +81,18 @@ def test_gptq_order_and_dampening_reach_the_solver_and_the_report(tiny_tokenizer
     model = make_tiny_model("llama")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     runs = {}
-    for fields in (dict(), dict(act_order=False, quant_damp=0.05), dict(method="sparsegpt")):
+    for fields in (dict(), dict(act_order=False, quant_damp=0.05), dict(method="sparsegpt"),
+                   dict(method="sparsegpt", joint_quantisation=True)):
         model.load_state_dict(state)
         pruner, report = quantised_run(model, tiny_tokenizer, **fields)
         q = report.quantization
-        runs[tuple(fields.items())] = ((q["act_order"], q["dampening"]),
-                                      pruner.model.model.layers[0].mlp.down_proj.weight.clone())
-    (default, w_default), (changed, w_changed), (joint, _) = runs.values()
-    assert default == (True, 0.1) and changed == (False, 0.05) and joint == (False, 0.01)  # joint: SparseGPT's
-    assert not torch.equal(w_default, w_changed)
+        weight = pruner.model.model.layers[0].mlp.down_proj.weight.clone()
+        assert float((weight == 0).float().mean()) >= 0.5  # every variant keeps its pruned zeros
+        runs[tuple(fields.items())] = ((q["act_order"], q["dampening"]), weight)
+    (default, w_default), (changed, w_changed), (sparsegpt, w_then), (joint, w_joint) = runs.values()
+    assert default == sparsegpt == (True, 0.1) and changed == (False, 0.05)
+    assert joint == (False, 0.01)  # the joint sweep keeps SparseGPT's column order and percdamp
+    assert not torch.equal(w_default, w_changed) and not torch.equal(w_then, w_joint)
 
 
 def test_joint_sparsegpt_w4_keeps_sparsegpt_mask():

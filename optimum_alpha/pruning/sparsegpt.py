@@ -26,7 +26,7 @@ class SparseGPTPruner(GramPruner):
 
     options = ("percdamp", "blocksize")
     gram_factor = 2.0  # the Hessian H = 2·XᵀX/n
-    joint_quantisation = True  # its sweep can round the kept weights as it goes (SparseGPT's joint mode)
+    joint_quantisation = True  # its sweep can round the kept weights as it goes (``joint_quantisation=True``)
 
     @classmethod
     def check_config(cls, config: object) -> None:

@@ -5,7 +5,8 @@ It wraps the configured pruner and keeps its contract (statistics in :meth:`add_
 its reports stay as they are: the returned weight is the dequantised one, and :attr:`quantized` holds the
 grid (scales) that the pipeline records on the model when it writes the block.
 
-* ``sparsegpt`` + ``gptq``: one OBS sweep prunes and rounds (SparseGPT's joint mode) on its own Hessian.
+* ``sparsegpt`` + ``gptq``: SparseGPT prunes, then GPTQ with its mask fixed on SparseGPT's own Hessian; with
+  ``joint_quantisation`` one OBS sweep prunes and rounds (the SparseGPT paper's joint mode).
 * ``alps`` + ``gptq``: ALPS prunes, then GPTQ with ALPS's mask fixed, on the XᵀX ALPS already collected.
 * ``wanda``/``magnitude`` + ``gptq``: the pruner prunes, GPTQ runs on the masked weights with XᵀX collected
   in the same calibration pass.
@@ -29,7 +30,8 @@ class QuantisingPruner(LayerPruner):
     """Prunes with ``inner`` and quantises onto ``spec`` with ``method`` (``gptq`` or ``rtn``)."""
 
     def __init__(self, inner: LayerPruner, spec: QuantSpec, method: str, percdamp: float = 0.01,
-                 blocksize: int = 128, act_order: bool = True, quant_damp: float = 0.1) -> None:
+                 blocksize: int = 128, act_order: bool = True, quant_damp: float = 0.1,
+                 joint_quantisation: bool = False) -> None:
         super().__init__(inner.name)
         self.inner = inner
         self.spec = spec
@@ -38,6 +40,7 @@ class QuantisingPruner(LayerPruner):
         self.blocksize = int(blocksize)
         self.act_order = bool(act_order)
         self.quant_damp = float(quant_damp)
+        self.joint = bool(joint_quantisation) and getattr(inner, "joint_quantisation", False)
         # GPTQ needs XᵀX; collect it here only when the inner pruner keeps none (Wanda, magnitude).
         self._own_gram = method == "gptq" and type(inner).input_hessian is LayerPruner.input_hessian
         self.statistic = GramSum(factor=2.0) if self._own_gram else None  # Σ 2·xxᵀ in float64
@@ -56,7 +59,7 @@ class QuantisingPruner(LayerPruner):
     def prune(self, weight: torch.Tensor, sparsity: float, nm: tuple[int, int] | None = None) -> torch.Tensor:
         hessian = self.statistic.mean() if self.statistic is not None else self.inner.input_hessian()
         options = dict(blocksize=self.blocksize, name=self.name)
-        if self.method == "gptq" and getattr(self.inner, "joint_quantisation", False):
+        if self.method == "gptq" and self.joint:
             # The joint sweep chooses SparseGPT's mask too: its dampening and column order stay SparseGPT's.
             self.quantized = joint_sparsegpt(weight, hessian, self.spec, sparsity, nm, percdamp=self.percdamp,
                                              **options)
@@ -88,13 +91,15 @@ def quantising_pruner_class(pruner_cls: type[LayerPruner], widths: dict[str, int
 
     class Quantising(QuantisingPruner):
         needs_calibration = pruner_cls.needs_calibration or method == "gptq"
-        options = tuple(dict.fromkeys(pruner_cls.options + ("percdamp", "blocksize", "act_order", "quant_damp")))
+        options = tuple(dict.fromkeys(pruner_cls.options + ("percdamp", "blocksize", "act_order", "quant_damp",
+                                                                  "joint_quantisation")))
 
         def __init__(self, name: str, **options: Any) -> None:
             inner_options = {k: v for k, v in options.items() if k in pruner_cls.options}
             super().__init__(pruner_cls(name, **inner_options), QuantSpec(widths[name], group_size), method,
                              options.get("percdamp", 0.01), options.get("blocksize", 128),
-                             options.get("act_order", True), options.get("quant_damp", 0.1))
+                             options.get("act_order", True), options.get("quant_damp", 0.1),
+                             options.get("joint_quantisation", False))
 
     Quantising.__name__ = f"Quantising{pruner_cls.__name__}"
     return Quantising

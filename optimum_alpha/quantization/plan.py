@@ -91,7 +91,8 @@ def quantization_summary(config: Any, widths: dict[str, int], blocks: Sequence[A
 
     numels = {m.name: m.numel for block in blocks for m in block.matrices}
     gptq = config.weight_quant_method == "gptq"
-    joint = gptq and getattr(get_pruner_class(config.method), "joint_quantisation", False)
+    joint = (gptq and config.joint_quantisation
+             and getattr(get_pruner_class(config.method), "joint_quantisation", False))
     scale_bytes = next(iter(grids.values())).scales.element_size() if grids else 0
     names = [name for name in widths if name in numels]
     counts = [numels[name] for name in names]
