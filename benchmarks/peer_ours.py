@@ -3,6 +3,8 @@ import argparse, json, sys, tempfile, time
 from pathlib import Path
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ``benchmarks`` importable when run as a script
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--ids", required=True)
