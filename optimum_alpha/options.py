@@ -201,7 +201,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("quant_damp", 0.1, "float", "gptq: dampening added to XᵀX before the rounding sweep, as a fraction "
            "of its mean diagonal (sparsegpt's joint sweep uses percdamp)", "quantisation", metavar="F"),
     Option("joint_quantisation", False, "flag_on", "sparsegpt + gptq: choose the mask and round the kept weights "
-           "in one sweep (the SparseGPT paper's joint mode; default: SparseGPT prunes, then GPTQ rounds)",
+           "in one sweep, the SparseGPT paper's joint mode; off: SparseGPT prunes, then GPTQ rounds (default: off)",
            "quantisation"),
     Option("bit_allocation", "alpha", "choice", "alpha: lower-alpha blocks get the wider widths; uniform: no "
            "preference (a budget between two widths is spread evenly over the depth)", "quantisation",
