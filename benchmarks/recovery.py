@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
         for variant in args.variants:
             points: list = []
             config = RecoveryConfig(steps=args.steps, seqlen=args.seqlen, evaluate=False, save_steps=10**6,
-                                    **VARIANTS[variant])
+                                    learning_rate=args.lr, **VARIANTS[variant])
             start, cpu = time.perf_counter(), time.process_time()
             model, report = recover(folder, teacher=teacher if config.needs_teacher else None, config=config,
                                     show_progress=not args.quiet,
@@ -128,9 +128,9 @@ def table(path: str) -> str:
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     body = markdown_table(
-        ["pruned", "variant", "tokens", "dense", "before", "after", "gap closed", "sparsity before/after",
+        ["pruned", "variant", "lr", "tokens", "dense", "before", "after", "gap closed", "sparsity before/after",
          "CPU s", "wall s"],
-        [[r["pruned"], r["variant"], r["tokens"], r["dense"], r["before"], r["after"],
+        [[r["pruned"], r["variant"], f"{r['lr']:g}", r["tokens"], r["dense"], r["before"], r["after"],
           f"{r['gap_closed']:.0%}" if r["gap_closed"] is not None else "-",
           f"{r['sparsity_before']:.4f} / {r['sparsity_after']:.4f}", round(r["cpu_s"]), round(r["wall_s"])]
          for r in rows])
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--variants", nargs="+", default=["kd-full", "lm-full", "kd-lora"], choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the library's, per method)")
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--curve-every", type=int, default=0, help="perplexity every N steps (0: off)")

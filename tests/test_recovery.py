@@ -318,13 +318,14 @@ def test_recovery_benchmark_runs_on_tiny_folders(tiny_tokenizer, tmp_path):
     tiny_tokenizer.save_pretrained(tmp_path / "dense")
     save_pruned(student, tmp_path / "pruned", tokenizer=tiny_tokenizer, metadata=record)
     text = bench.main(["--teacher", str(tmp_path / "dense"), "--pruned", f"tiny={tmp_path / 'pruned'}",
-                       "--variants", "kd-full", "lm-lora", "--steps", "2", "--seqlen", "32", "--eval-seqlen", "32",
+                       "--variants", "kd-full", "lm-lora", "--steps", "2", "--lr", "0.002", "--seqlen", "32", "--eval-seqlen", "32",
                        "--eval-windows", "1", "--curve-every", "1", "--jsonl", str(tmp_path / "rows.jsonl"), "--quiet"])
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["kd-full", "lm-lora"] and all(r["tokens"] == 64 for r in rows)
+    assert all(r["lr"] == 0.002 for r in rows)  # --lr overrides both methods' defaults
     assert rows[0]["sparsity_after"] == rows[0]["sparsity_before"] > 0.45
     assert [s for s, _ in rows[0]["curve"]] == [0, 1, 2] and len(rows[1]["curve"]) == 2
-    assert "| tiny | kd-full | 64 |" in text and "perplexity against training tokens" in text
+    assert "| tiny | kd-full | 0.002 | 64 |" in text and "perplexity against training tokens" in text
 
 
 def test_width_folder_with_per_block_widths_round_trips(tiny_tokenizer, tmp_path):
