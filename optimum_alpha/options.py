@@ -193,8 +193,8 @@ OPTIONS: tuple[Option, ...] = (
            "scale per output row", "quantisation", metavar="N"),
     # Not ``quant_method``: transformers reads that attribute of every quantization config to pick the
     # quantizer (ours is "alpha_pruning"), so the weight quantiser's field needs a name of its own.
-    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; one joint sweep with "
-           "sparsegpt) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
+    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; after the "
+           "pruner, or in its sweep with --joint-quantisation) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
     Option("act_order", True, "flag_off", "gptq: visit the inputs in their own order, not by decreasing XᵀX "
            "diagonal (default: activation order, every group's scale fixed before the sweep)", "quantisation",
            flag="--no-act-order"),

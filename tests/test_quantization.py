@@ -361,6 +361,9 @@ def test_a_quantised_model_is_not_saved_as_floats_and_a_float_one_not_as_integer
     (dict(bits=4, weight_quant_method="awq"), "Unknown quant_method"), (dict(bits=4, group_size=-1), "group_size"),
     (dict(bits=4, bit_allocation="owl"), "Unknown bit_allocation"),
     (dict(bits=4, reconstruct="block"), "off their integer grid"), (dict(bits=4, quant_damp=0), "quant_damp"),
+    (dict(bits=4, method="wanda", joint_quantisation=True), "joint_quantisation needs method='sparsegpt'"),
+    (dict(method="sparsegpt", joint_quantisation=True), "joint_quantisation needs"),
+    (dict(bits=4, method="sparsegpt", weight_quant_method="rtn", joint_quantisation=True), "joint_quantisation"),
 ])
 def test_bad_quantisation_options(fields, fragment):
     assert AlphaPruningConfig(bits=4, group_size=0).group_size is None  # 0: the CLI's "one scale per row"

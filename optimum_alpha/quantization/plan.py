@@ -31,6 +31,15 @@ def check_quantization_config(config: Any) -> None:
         config.group_size = None
     if config.group_size is not None and config.group_size < 1:
         raise ConfigError(f"group_size must be >= 1 or None (one scale per row), got {config.group_size}.")
+    config.joint_quantisation = bool(config.joint_quantisation)
+    if config.joint_quantisation:
+        from ..pruning import get_pruner_class
+
+        joint_capable = getattr(get_pruner_class(config.method), "joint_quantisation", False)
+        if config.bits is None or config.weight_quant_method != "gptq" or not joint_capable:
+            raise ConfigError(f"joint_quantisation needs method='sparsegpt', quant_method='gptq' and bits (got "
+                              f"method={config.method!r}, quant_method={config.weight_quant_method!r}, "
+                              f"bits={config.bits!r}): set those or drop joint_quantisation.")
     if config.bits is not None:
         check_bit_budget(float(config.bits), config.bit_choices, config.bit_allocation)
         if getattr(config, "reconstruct", "none") == "block":
