@@ -228,7 +228,7 @@ RECOVERY_OPTIONS: tuple[Option, ...] = (
            "merged back, pruned weights set to 0 again", "training", choices=RECOVERY_METHODS),
     Option("steps", 200, "count", "optimizer steps (each sees batch-size x grad-accum windows)", "training",
            metavar="N"),
-    Option("learning_rate", None, "float", "peak learning rate; default 5e-5 (full) or 5e-4 (lora)", "training",
+    Option("learning_rate", None, "float", "peak learning rate; default 2e-4 (full) or 5e-4 (lora)", "training",
            flag="--lr", metavar="LR"),
     Option("warmup_steps", None, "int", "linear warm-up steps; default 5 percent of the steps (at least 1)", "training",
            metavar="N"),

@@ -15,7 +15,7 @@ from ..options import recovery_default
 
 # Usual choices for short runs (LoRA's low-rank update takes larger steps than full fine-tuning); not tuned
 # here: docs/recovery.md has the one measurement made with them (full, 8 steps).
-DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 5e-4}
+DEFAULT_LEARNING_RATES = {"full": 2e-4, "lora": 5e-4}  # full: the best of 5e-5..5e-4 on SmolLM2 (docs/recovery.md)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class RecoveryConfig:
         lora_experts: also put adapters on fused mixture-of-experts parameters (peft ``target_parameters``).
         lora_rank, lora_alpha, lora_dropout: peft ``LoraConfig`` r, lora_alpha, lora_dropout.
         steps: optimizer steps. Each step sees ``batch_size x gradient_accumulation`` windows of ``seqlen``.
-        learning_rate: peak learning rate; None: 5e-5 for ``full``, 5e-4 for ``lora``.
+        learning_rate: peak learning rate; None: 2e-4 for ``full``, 5e-4 for ``lora``.
         warmup_steps: linear warm-up steps; None: 5 % of ``steps`` (at least 1).
         lr_schedule, weight_decay, max_grad_norm: the Trainer's schedule and optimizer options.
         seqlen: tokens per training window.
