@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--variants", nargs="+", default=["kd-full", "lm-full", "kd-lora"], choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the library's, per method)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default: the library's, per method)")
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--curve-every", type=int, default=0, help="perplexity every N steps (0: off)")

@@ -193,16 +193,17 @@ OPTIONS: tuple[Option, ...] = (
            "scale per output row", "quantisation", metavar="N"),
     # Not ``quant_method``: transformers reads that attribute of every quantization config to pick the
     # quantizer (ours is "alpha_pruning"), so the weight quantiser's field needs a name of its own.
-    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; after the "
-           "pruner, or in its sweep with --joint-quantisation) or rtn (round to nearest)", "quantisation", flag="--quant-method", choices=QUANT_METHODS),
+    Option("weight_quant_method", "gptq", "choice", "gptq (keeps the pruning mask; after the pruner, or in its "
+           "sweep with --joint-quantisation) or rtn (round to nearest)", "quantisation", flag="--quant-method",
+           choices=QUANT_METHODS),
     Option("act_order", True, "flag_off", "gptq: visit the inputs in their own order, not by decreasing XᵀX "
            "diagonal (default: activation order, every group's scale fixed before the sweep)", "quantisation",
            flag="--no-act-order"),
     Option("quant_damp", 0.1, "float", "gptq: dampening added to XᵀX before the rounding sweep, as a fraction "
            "of its mean diagonal (sparsegpt's joint sweep uses percdamp)", "quantisation", metavar="F"),
     Option("joint_quantisation", False, "flag_on", "sparsegpt + gptq: choose the mask and round the kept weights "
-           "in one sweep, the SparseGPT paper's joint mode; off: SparseGPT prunes, then GPTQ rounds (default: off)",
-           "quantisation"),
+           "in one sweep, the SparseGPT paper's joint mode; off: SparseGPT prunes, then GPTQ rounds "
+           "(default: off)", "quantisation"),
     Option("bit_allocation", "alpha", "choice", "alpha: lower-alpha blocks get the wider widths; uniform: no "
            "preference (a budget between two widths is spread evenly over the depth)", "quantisation",
            choices=BIT_ALLOCATIONS),

@@ -318,7 +318,8 @@ def test_recovery_benchmark_runs_on_tiny_folders(tiny_tokenizer, tmp_path):
     tiny_tokenizer.save_pretrained(tmp_path / "dense")
     save_pruned(student, tmp_path / "pruned", tokenizer=tiny_tokenizer, metadata=record)
     text = bench.main(["--teacher", str(tmp_path / "dense"), "--pruned", f"tiny={tmp_path / 'pruned'}",
-                       "--variants", "kd-full", "lm-lora", "--steps", "2", "--lr", "0.002", "--seqlen", "32", "--eval-seqlen", "32",
+                       "--variants", "kd-full", "lm-lora", "--steps", "2", "--lr", "0.002", "--seqlen", "32",
+                       "--eval-seqlen", "32",
                        "--eval-windows", "1", "--curve-every", "1", "--jsonl", str(tmp_path / "rows.jsonl"), "--quiet"])
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["kd-full", "lm-lora"] and all(r["tokens"] == 64 for r in rows)

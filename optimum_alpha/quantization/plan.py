@@ -32,20 +32,24 @@ def check_quantization_config(config: Any) -> None:
     if config.group_size is not None and config.group_size < 1:
         raise ConfigError(f"group_size must be >= 1 or None (one scale per row), got {config.group_size}.")
     config.joint_quantisation = bool(config.joint_quantisation)
-    if config.joint_quantisation:
-        from ..pruning import get_pruner_class
-
-        joint_capable = getattr(get_pruner_class(config.method), "joint_quantisation", False)
-        if config.bits is None or config.weight_quant_method != "gptq" or not joint_capable:
-            raise ConfigError(f"joint_quantisation needs method='sparsegpt', quant_method='gptq' and bits (got "
-                              f"method={config.method!r}, quant_method={config.weight_quant_method!r}, "
-                              f"bits={config.bits!r}): set those or drop joint_quantisation.")
+    if config.joint_quantisation and (config.bits is None or not uses_joint_sweep(config)):
+        raise ConfigError(f"joint_quantisation needs method='sparsegpt', quant_method='gptq' and bits (got "
+                          f"method={config.method!r}, quant_method={config.weight_quant_method!r}, "
+                          f"bits={config.bits!r}): set those or drop joint_quantisation.")
     if config.bits is not None:
         check_bit_budget(float(config.bits), config.bit_choices, config.bit_allocation)
         if getattr(config, "reconstruct", "none") == "block":
             raise ConfigError("reconstruct='block' refits the kept weights after each block is solved, which would "
                               "move them off their integer grid; with bits, GPTQ already compensates the rounding: "
                               "drop reconstruct (or bits).")
+
+
+def uses_joint_sweep(config: Any) -> bool:
+    """Whether the pruner's own sweep also rounds: ``joint_quantisation``, GPTQ and a pruner that has one."""
+    from ..pruning import get_pruner_class
+
+    return (bool(config.joint_quantisation) and config.weight_quant_method == "gptq"
+            and getattr(get_pruner_class(config.method), "joint_quantisation", False))
 
 
 def check_quantizable(matrices: Sequence[Any], config: Any) -> None:
@@ -95,13 +99,11 @@ def plan_quantisation(config: Any, blocks: Sequence[Any], pruner_cls: type, spec
 def quantization_summary(config: Any, widths: dict[str, int], blocks: Sequence[Any],
                          grids: dict[str, Any]) -> dict[str, Any]:
     """What the report, ``alpha_pruning.json`` and the card say about the quantisation of a run."""
-    from ..pruning import get_pruner_class
     from .spec import QuantSpec
 
     numels = {m.name: m.numel for block in blocks for m in block.matrices}
     gptq = config.weight_quant_method == "gptq"
-    joint = (gptq and config.joint_quantisation
-             and getattr(get_pruner_class(config.method), "joint_quantisation", False))
+    joint = uses_joint_sweep(config)
     scale_bytes = next(iter(grids.values())).scales.element_size() if grids else 0
     names = [name for name in widths if name in numels]
     counts = [numels[name] for name in names]
